@@ -1,0 +1,2 @@
+"""Kubernetes-facing API: typed InferencePool models, the one source of the CRD schema."""
+

@@ -1,0 +1,2 @@
+"""Triton kernels, one per file, each with a plain-PyTorch reference."""
+

@@ -1,0 +1,2 @@
+"""Model architectures in PyTorch (Llama family) and Hugging Face-format loading."""
+

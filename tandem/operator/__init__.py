@@ -1,0 +1,2 @@
+"""kopf operator: thin handlers over pure reconcile, rendering and scaling policy."""
+

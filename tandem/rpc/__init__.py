@@ -1,0 +1,2 @@
+"""GENERATED protobuf/gRPC code only (see hack/gen_proto.py)."""
+

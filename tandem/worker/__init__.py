@@ -1,0 +1,2 @@
+"""Inference worker: engine (request, scheduler, block pool, model runner), gRPC service, KV transfer."""
+
