@@ -1,0 +1,412 @@
+"""InferencePool v1alpha1: the typed spec and status, and the one source of the CRD schema.
+
+The API server enforces the same rules through the generated OpenAPI schema and
+its CEL rules (`x-kubernetes-validations`), so a bad manifest is rejected at
+`kubectl apply` time; the pydantic validators below mirror those rules for
+callers that never reach an API server (the operator's parse step, tests,
+`examples/`). Every error message names the field it is about.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+GROUP = "tandem.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "InferencePool"
+PLURAL = "inferencepools"
+SINGULAR = "inferencepool"
+SHORT_NAMES = ("tpool",)  # never "infpool": the Gateway API Inference Extension owns it
+CATEGORIES = ("tandem",)
+
+#: Pool names prefix Service names (`<pool>-prefill`), which must be DNS-1035 labels of
+#: at most 63 characters; the longest suffix is "-prefill" / "-router-view".
+MAX_POOL_NAME = 50
+POOL_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
+_QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration string ("1s", "50ms", "1m30s")."""
+    if not re.fullmatch(_DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 1s or 1m30s")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def _positive_duration(text: str) -> str:
+    if parse_duration(text) <= 0:
+        raise ValueError(f"must be a positive duration, got {text!r}")
+    return text
+
+
+def _cel_positive(field: str) -> dict[str, Any]:
+    return {
+        "x-kubernetes-validations": [
+            {
+                "rule": "duration(self) > duration('0s')",
+                "message": f"{field} must be a positive duration such as 500ms or 1s",
+            }
+        ]
+    }
+
+
+def _duration_field(field: str, description: str) -> Any:
+    """Schema of a positive duration; the CEL rule repeats the pydantic check server-side."""
+    return Field(
+        pattern=_DURATION_PATTERN,
+        max_length=32,
+        description=description,
+        json_schema_extra=_cel_positive(field),
+    )
+
+
+TtftSLO = Annotated[
+    str,
+    _duration_field("ttftSLO", "Time-to-first-token deadline used for admission."),
+    AfterValidator(_positive_duration),
+]
+TtftP99 = Annotated[
+    str,
+    _duration_field("ttftP99", "Target p99 time to first token."),
+    AfterValidator(_positive_duration),
+]
+TpotP99 = Annotated[
+    str,
+    _duration_field("tpotP99", "Target p99 time per output token."),
+    AfterValidator(_positive_duration),
+]
+
+
+Quantity = Annotated[str, Field(pattern=_QUANTITY_PATTERN, max_length=32)]
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, unknown fields rejected (the API server prunes them anyway)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ModelSource(_Model):
+    """Which model the workers serve and where its Hugging Face-format folder lives."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Served model name: the `model` field clients send to the OpenAI API.",
+    )
+    uri: str = Field(
+        max_length=1024,
+        pattern=r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/].*)?|hostPath:///.*)$",
+        description=(
+            "Model folder: `pvc://<claim>[/<path>]` mounts a PersistentVolumeClaim read-only, "
+            "`hostPath:///<absolute path>` mounts a node folder."
+        ),
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Weight and activation dtype."
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        alias="maxModelLen",
+        ge=16,
+        le=1048576,
+        description="Longest prompt plus completion, in tokens; unset means the model's own.",
+    )
+
+
+class Toleration(_Model):
+    key: str | None = Field(default=None, max_length=253)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds", ge=0)
+
+
+class ResourceAmounts(_Model):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class Resources(_Model):
+    """CPU and memory for each pod (GPUs come from `gpusPerReplica`)."""
+
+    requests: ResourceAmounts | None = None
+    limits: ResourceAmounts | None = None
+
+
+class Placement(_Model):
+    """Pod placement and sizing shared by the router and the worker roles."""
+
+    resources: Resources | None = None
+    node_selector: dict[str, str] | None = Field(default=None, alias="nodeSelector")
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+
+
+class RouterSpec(Placement):
+    replicas: int = Field(default=1, ge=0, le=64, description="Router pods.")
+
+
+def _role_rules(role: str) -> dict[str, Any]:
+    return {
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                "message": f"spec.{role}.minReplicas must not exceed spec.{role}.maxReplicas",
+                "fieldPath": ".minReplicas",
+                "reason": "FieldValueInvalid",
+            },
+            {
+                "rule": (
+                    "self.minReplicas <= self.replicas && "
+                    "(!has(self.maxReplicas) || self.replicas <= self.maxReplicas)"
+                ),
+                "message": (
+                    f"spec.{role}.replicas must lie between spec.{role}.minReplicas "
+                    f"and spec.{role}.maxReplicas"
+                ),
+                "fieldPath": ".replicas",
+                "reason": "FieldValueInvalid",
+            },
+        ]
+    }
+
+
+class RoleSpec(Placement):
+    """One worker pool (prefill or decode): its size, bounds and GPUs per pod."""
+
+    replicas: int = Field(default=1, ge=0, le=1024, description="Worker pods of this role.")
+    min_replicas: int = Field(
+        default=0, alias="minReplicas", ge=0, le=1024, description="Autoscaling floor."
+    )
+    max_replicas: int | None = Field(
+        default=None,
+        alias="maxReplicas",
+        ge=0,
+        le=1024,
+        description="Autoscaling ceiling; unset means bounded only by autoscaling.maxGPUs.",
+    )
+    gpus_per_replica: int = Field(
+        default=1,
+        alias="gpusPerReplica",
+        ge=0,
+        le=16,
+        description="GPUs (`nvidia.com/gpu`) per pod; 0 runs on CPU.",
+    )
+
+    ROLE: ClassVar[str] = "worker"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RoleSpec:
+        role = self.ROLE
+        if self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"spec.{role}.minReplicas must not exceed spec.{role}.maxReplicas")
+        upper = self.max_replicas if self.max_replicas is not None else self.replicas
+        if not self.min_replicas <= self.replicas <= upper:
+            raise ValueError(
+                f"spec.{role}.replicas must lie between spec.{role}.minReplicas "
+                f"and spec.{role}.maxReplicas"
+            )
+        return self
+
+
+class PrefillSpec(RoleSpec):
+    model_config = ConfigDict(json_schema_extra=_role_rules("prefill"))
+    ROLE: ClassVar[str] = "prefill"
+
+
+class DecodeSpec(RoleSpec):
+    model_config = ConfigDict(json_schema_extra=_role_rules("decode"))
+    ROLE: ClassVar[str] = "decode"
+
+    min_replicas: int = Field(
+        default=1, alias="minReplicas", ge=0, le=1024, description="Autoscaling floor."
+    )
+
+
+
+class Disaggregation(_Model):
+    min_prompt_tokens: int = Field(
+        default=256,
+        alias="minPromptTokens",
+        ge=0,
+        le=1048576,
+        description="Prompts with fewer uncached tokens prefill on the decode pod itself.",
+    )
+
+
+class KVTransfer(_Model):
+    transport: Literal["auto", "grpc", "shm", "cuda-ipc", "nccl"] = Field(
+        default="auto", description="KV shipping transport; auto picks the fastest per pod pair."
+    )
+
+
+class PriorityClass(_Model):
+    name: str = Field(min_length=1, max_length=63, pattern=_DNS_LABEL)
+    priority: int = Field(ge=0, le=1000000, description="Higher is served first.")
+    ttft_slo: TtftSLO | None = Field(default=None, alias="ttftSLO")
+
+
+_UNIQUE_NAMES = {
+    "x-kubernetes-validations": [
+        {
+            "rule": "self.all(c, self.exists_one(d, d.name == c.name))",
+            "message": "spec.traffic.priorityClasses names must be unique",
+        }
+    ]
+}
+
+
+class Traffic(_Model):
+    priority_classes: list[PriorityClass] | None = Field(
+        default=None,
+        alias="priorityClasses",
+        max_length=16,
+        json_schema_extra=_UNIQUE_NAMES,
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> Traffic:
+        names = [c.name for c in self.priority_classes or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("spec.traffic.priorityClasses names must be unique")
+        return self
+
+
+class Autoscaling(_Model):
+    enabled: bool = Field(default=False, description="Let the operator move capacity.")
+    max_gpus: int | None = Field(
+        default=None, alias="maxGPUs", ge=1, le=100000, description="GPU budget of the pool."
+    )
+    ttft_p99: TtftP99 | None = Field(default=None, alias="ttftP99")
+    tpot_p99: TpotP99 | None = Field(default=None, alias="tpotP99")
+    role_switching: bool = Field(
+        default=False, alias="roleSwitching", description="Flip pods between roles in budget."
+    )
+
+
+_BUDGET_RULE = {
+    "x-kubernetes-validations": [
+        {
+            "rule": (
+                "!has(self.autoscaling) || !has(self.autoscaling.maxGPUs) || "
+                "self.autoscaling.maxGPUs >= "
+                "self.prefill.minReplicas * self.prefill.gpusPerReplica + "
+                "self.decode.minReplicas * self.decode.gpusPerReplica"
+            ),
+            "message": (
+                "spec.autoscaling.maxGPUs must cover the minimums: "
+                "prefill.minReplicas*prefill.gpusPerReplica + "
+                "decode.minReplicas*decode.gpusPerReplica"
+            ),
+            "fieldPath": ".autoscaling.maxGPUs",
+            "reason": "FieldValueInvalid",
+        }
+    ]
+}
+
+
+class InferencePoolSpec(_Model):
+    model_config = ConfigDict(json_schema_extra=_BUDGET_RULE)
+
+    model: ModelSource
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Image of routers and workers; defaults to the operator's own.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, alias="imagePullPolicy"
+    )
+    router: RouterSpec = Field(default_factory=RouterSpec, json_schema_extra={"default": {}})
+    prefill: PrefillSpec = Field(default_factory=PrefillSpec, json_schema_extra={"default": {}})
+    decode: DecodeSpec = Field(default_factory=DecodeSpec, json_schema_extra={"default": {}})
+    disaggregation: Disaggregation = Field(
+        default_factory=Disaggregation, json_schema_extra={"default": {}}
+    )
+    kv_transfer: KVTransfer = Field(
+        default_factory=KVTransfer, alias="kvTransfer", json_schema_extra={"default": {}}
+    )
+    traffic: Traffic | None = None
+    autoscaling: Autoscaling | None = None
+
+    @model_validator(mode="after")
+    def _budget(self) -> InferencePoolSpec:
+        budget = self.autoscaling.max_gpus if self.autoscaling else None
+        floor = (
+            self.prefill.min_replicas * self.prefill.gpus_per_replica
+            + self.decode.min_replicas * self.decode.gpus_per_replica
+        )
+        if budget is not None and budget < floor:
+            raise ValueError(
+                f"spec.autoscaling.maxGPUs={budget} must cover the minimums "
+                f"(prefill.minReplicas*prefill.gpusPerReplica + "
+                f"decode.minReplicas*decode.gpusPerReplica = {floor})"
+            )
+        return self
+
+
+ConditionType = Literal["Ready", "Progressing", "Degraded", "ScalingLimited"]
+
+
+class Condition(_Model):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
+
+
+class ReplicaStatus(_Model):
+    replicas: int = Field(default=0, ge=0, description="Desired pods.")
+    ready_replicas: int = Field(default=0, alias="readyReplicas", ge=0)
+    ready: str = Field(default="0/0", description="ready/desired, for `kubectl get`.")
+
+
+class LastScaling(_Model):
+    time: str | None = None
+    prefill: int | None = Field(default=None, ge=0)
+    decode: int | None = Field(default=None, ge=0)
+    reason: str | None = None
+
+
+class InferencePoolStatus(_Model):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] | None = None
+    prefill: ReplicaStatus | None = None
+    decode: ReplicaStatus | None = None
+    router: ReplicaStatus | None = None
+    last_scaling: LastScaling | None = Field(default=None, alias="lastScaling")
+
+
+class InferencePool(_Model):
+    """The whole object as the API server returns it (metadata kept loosely typed)."""
+
+    api_version: Literal["tandem.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["InferencePool"] = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: InferencePoolSpec
+    status: InferencePoolStatus | None = None
+
+    @model_validator(mode="after")
+    def _name(self) -> InferencePool:
+        name = self.metadata.get("name")
+        if name is not None and (
+            len(name) > MAX_POOL_NAME or not re.fullmatch(POOL_NAME_PATTERN, name)
+        ):
+            raise ValueError(
+                f"metadata.name {name!r} must be a DNS-1035 label of at most "
+                f"{MAX_POOL_NAME} characters (it prefixes Service names)"
+            )
+        return self
