@@ -24,8 +24,9 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
 }
-# model_type -> class name, for configs that omit `architectures`.
-_MODEL_TYPES = {arch: name for name, arch in ARCHITECTURES.items()}
+ARCHS = tuple(ARCHITECTURES.values())
+# model_type (= our architecture name) -> class name, for configs without `architectures`.
+HF_NAMES = {arch: name for name, arch in ARCHITECTURES.items()}
 DTYPES = ("float32", "bfloat16", "float16")
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -130,7 +131,9 @@ class _Fields:
         return tuple(items)
 
 
-def parse_config(raw: dict[str, Any], generation: dict[str, Any] | None, source: str) -> ModelConfig:
+def parse_config(
+    raw: dict[str, Any], generation: dict[str, Any] | None, source: str
+) -> ModelConfig:
     """Validate a decoded `config.json` (+ optional `generation_config.json`).
 
     `source` names config.json in messages (a path or just the file name).
@@ -151,7 +154,9 @@ def parse_config(raw: dict[str, Any], generation: dict[str, Any] | None, source:
             "num_key_value_heads", f"({kv_heads}) must divide num_attention_heads ({heads})"
         )
     rope_theta, rope_scaling = _rope(fields)
-    attention_bias = arch == "qwen2" or (arch != "mistral" and fields.boolean("attention_bias", False))
+    attention_bias = arch == "qwen2" or (
+        arch != "mistral" and fields.boolean("attention_bias", False)
+    )
     return ModelConfig(
         arch=arch,
         hf_architecture=hf_architecture,
@@ -181,11 +186,11 @@ def _architecture(fields: _Fields) -> tuple[str, str]:
     names = fields.raw.get("architectures")
     if names is None:
         model_type = fields.raw.get("model_type")
-        if model_type not in _MODEL_TYPES:
+        if model_type not in HF_NAMES:
             raise fields.error(
                 "architectures", f"is missing and model_type {model_type!r} is not supported"
             )
-        return _MODEL_TYPES[model_type], model_type
+        return HF_NAMES[model_type], model_type
     if not isinstance(names, list) or len(names) != 1 or not isinstance(names[0], str):
         raise fields.error("architectures", f"must be a list of one class name, got {names!r}")
     name = names[0]
@@ -241,7 +246,9 @@ def _rope(fields: _Fields) -> tuple[float, RopeScaling | None]:
     low = sub.positive_float("low_freq_factor")
     high = sub.positive_float("high_freq_factor")
     if not high > low:
-        raise sub.error("high_freq_factor", f"({high}) must be greater than low_freq_factor ({low})")
+        raise sub.error(
+            "high_freq_factor", f"({high}) must be greater than low_freq_factor ({low})"
+        )
     return theta, RopeScaling(
         "llama3",
         factor=sub.positive_float("factor"),
