@@ -1,0 +1,233 @@
+"""KV over shared memory: for two workers on one host.
+
+The sender creates one segment per transfer (a file under /dev/shm, laid out
+[layer][K|V][block] so every chunk has a fixed place), copies each chunk into
+it and sends only the offsets over PushKV; the receiver maps the segment and
+copies from it into its reserved blocks. The sender owns the segment: it
+removes it when the transfer ends, on success, error or cancellation alike.
+Segments of crashed processes are removed by `sweep_stale_segments` at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import re
+import uuid
+from pathlib import Path
+
+import torch
+
+from tandem.rpc.v1 import worker_pb2
+from tandem.worker.kv_transfer import (
+    ChunkLike,
+    KVLayout,
+    KVReceiver,
+    KVTransport,
+    TransferError,
+    TransferTarget,
+    TransportSession,
+    check_message,
+)
+from tandem.worker.outputs import KVChunk
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+PREFIX = "tandem-kv-"
+# tandem-kv-<pid namespace>-<pid>-<random>: the namespace keeps the stale-segment
+# sweep from judging a pid of another container sharing this /dev/shm.
+_NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)-[0-9a-f]{{16}}$")
+
+
+def _pid_namespace() -> int:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+        return int(link[link.index("[") + 1 : -1])
+    except (OSError, ValueError):
+        return 0
+
+
+def segment_name() -> str:
+    return f"{PREFIX}{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+
+
+def segment_offsets(layout: KVLayout, num_blocks: int, layer: int, index: int) -> tuple[int, int]:
+    """Byte offsets of K and V of block `index` (0 = first shipped block) of `layer`."""
+    bb = layout.block_bytes
+    k = ((2 * layer) * num_blocks + index) * bb
+    v = ((2 * layer + 1) * num_blocks + index) * bb
+    return k, v
+
+
+class _Mapping:
+    """A mapped segment file; the byte tensor views it without copying."""
+
+    def __init__(self, path: Path, size: int | None, create: bool) -> None:
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.path = path
+        self._fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                assert size is not None
+                # Reserve the pages now: a full tmpfs fails here with ENOSPC
+                # instead of killing the process with SIGBUS on a later write.
+                os.posix_fallocate(self._fd, 0, size)
+            self.size = os.fstat(self._fd).st_size
+            self._mm: mmap.mmap | None = mmap.mmap(self._fd, self.size)
+            self.bytes: torch.Tensor | None = torch.frombuffer(self._mm, dtype=torch.uint8)
+        except BaseException:
+            os.close(self._fd)
+            if create:
+                path.unlink(missing_ok=True)
+            raise
+
+    def view(self, offset: int, layout: KVLayout, num_blocks: int) -> torch.Tensor:
+        """[num_blocks, block_size, num_kv_heads, head_dim] at `offset`."""
+        assert self.bytes is not None
+        nbytes = num_blocks * layout.block_bytes
+        if offset + nbytes > self.size:
+            raise TransferError(
+                f"shm region [{offset}, {offset + nbytes}) outside segment {self.path.name} "
+                f"of {self.size} bytes"
+            )
+        raw = self.bytes[offset : offset + nbytes]
+        return raw.view(layout.torch_dtype()).view(num_blocks, *layout.block_shape)
+
+    def close(self, unlink: bool) -> None:
+        self.bytes = None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # a tensor still views it: the mapping goes with it
+                log.debug("shm segment %s still referenced at close", self.path.name)
+            self._mm = None
+            os.close(self._fd)
+        if unlink:
+            self.path.unlink(missing_ok=True)
+
+
+class ShmSession(TransportSession):
+    """The sender's segment for one transfer."""
+
+    def __init__(self, target: TransferTarget, layout: KVLayout, shm_dir: Path) -> None:
+        self.num_blocks = target.num_blocks_to_ship
+        self.skip_blocks = target.skip_blocks
+        self.name = segment_name()
+        size = 2 * layout.num_layers * self.num_blocks * layout.block_bytes
+        self.mapping = _Mapping(shm_dir / self.name, size, create=True) if size else None
+
+    def close(self) -> None:
+        if self.mapping is not None:
+            self.mapping.close(unlink=True)
+            self.mapping = None
+
+
+class ShmTransport(KVTransport):
+    name = "shm"
+
+    def __init__(self, shm_dir: Path = SHM_DIR) -> None:
+        self.shm_dir = shm_dir
+
+    def available(self) -> bool:
+        return self.shm_dir.is_dir() and os.access(self.shm_dir, os.W_OK)
+
+    def open_session(self, target: TransferTarget, layout: KVLayout) -> ShmSession:
+        try:
+            return ShmSession(target, layout, self.shm_dir)
+        except OSError as exc:
+            raise TransferError(f"cannot create a shared-memory segment: {exc}") from exc
+
+    def encode(
+        self, session: TransportSession, chunk: ChunkLike, target: TransferTarget, layout: KVLayout
+    ) -> list[worker_pb2.KVChunk]:
+        assert isinstance(session, ShmSession)
+        if session.mapping is None:
+            raise TransferError("shm transfer closed (or has nothing to ship)")
+        index = chunk.first_block - session.skip_blocks
+        n = chunk.k.shape[0]
+        if index < 0 or index + n > session.num_blocks:
+            raise TransferError(
+                f"chunk blocks [{chunk.first_block}, {chunk.first_block + n}) outside the "
+                f"shipped range [{session.skip_blocks}, {session.skip_blocks + session.num_blocks})"
+            )
+        k_off, v_off = segment_offsets(layout, session.num_blocks, chunk.layer, index)
+        session.mapping.view(k_off, layout, n).copy_(chunk.k)
+        session.mapping.view(v_off, layout, n).copy_(chunk.v)
+        region = worker_pb2.ShmRegion(segment=session.name, k_offset=k_off, v_offset=v_off)
+        return [
+            worker_pb2.KVChunk(
+                request_id=target.request_id,
+                layer=chunk.layer,
+                first_block=chunk.first_block,
+                num_blocks=n,
+                dtype=layout.dtype,
+                shm=region,
+            )
+        ]
+
+    def open_receiver(self, layout: KVLayout) -> KVReceiver:
+        return _ShmReceiver(layout, self.shm_dir)
+
+
+class _ShmReceiver(KVReceiver):
+    """Maps each segment a stream names once; never removes it (the sender does)."""
+
+    def __init__(self, layout: KVLayout, shm_dir: Path) -> None:
+        self._layout = layout
+        self._dir = shm_dir
+        self._maps: dict[str, _Mapping] = {}
+
+    def decode(self, msg: worker_pb2.KVChunk) -> KVChunk:
+        check_message(msg, self._layout)
+        name = msg.shm.segment
+        if not _NAME.match(name):
+            raise TransferError(f"KVChunk.shm.segment: {name!r} is not a Tandem segment name")
+        mapping = self._maps.get(name)
+        if mapping is None:
+            try:
+                mapping = self._maps[name] = _Mapping(self._dir / name, None, create=False)
+            except OSError as exc:
+                raise TransferError(f"KVChunk.shm.segment: cannot open {name}: {exc}") from exc
+        return KVChunk(
+            request_id=msg.request_id,
+            layer=msg.layer,
+            first_block=msg.first_block,
+            k=mapping.view(msg.shm.k_offset, self._layout, msg.num_blocks),
+            v=mapping.view(msg.shm.v_offset, self._layout, msg.num_blocks),
+        )
+
+    def close(self) -> None:
+        for mapping in self._maps.values():
+            mapping.close(unlink=False)
+        self._maps.clear()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Remove segments left by dead processes of this pid namespace; return their names."""
+    ns = _pid_namespace()
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for path in shm_dir.iterdir():
+            m = _NAME.match(path.name)
+            if m and int(m.group(1)) == ns and not _alive(int(m.group(2))):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+    if removed:
+        log.info("removed %d stale KV shared-memory segments", len(removed))
+    return removed
+
+
+TRANSPORT = ShmTransport()
