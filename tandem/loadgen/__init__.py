@@ -1,0 +1,1 @@
+"""Load generation: replay request traces against any OpenAI-compatible server."""

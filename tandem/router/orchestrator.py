@@ -1,0 +1,204 @@
+"""One request through the workers: colocated (Generate on a decode worker) or
+disaggregated (Reserve on D, Prefill on P which pushes KV to D, Decode on D).
+
+`Orchestrator.run` is an async iterator of `TokenEvent`s. Closing it early
+(client gone, stop string hit) cancels the worker calls and sends Cancel to
+every worker involved, so their blocks are freed at once rather than when a
+reservation expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from tandem.router.errors import Unavailable, WorkerDown
+from tandem.router.priority import PriorityClass
+from tandem.router.registry import WorkerRegistry
+from tandem.router.selection import (
+    WorkerView,
+    can_decode,
+    can_prefill,
+    disaggregate,
+    pick_decode,
+    pick_prefill,
+)
+from tandem.router.traffic import Ticket, TrafficController
+from tandem.router.worker_client import TokenEvent
+from tandem.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Deadline for the Load calls that ask for prefix-cache hits before routing.
+PREFIX_PROBE_TIMEOUT_S = 0.25
+
+
+@dataclass(frozen=True)
+class Job:
+    request_id: str
+    prompt: tuple[int, ...]
+    params: SamplingParams
+    priority: PriorityClass
+    ttft_deadline: float | None  # time.monotonic() by which the first token is due
+    timeout_s: float  # bound on the whole request (every worker call's deadline)
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    min_prompt_tokens: int = 256
+    max_inflight_per_worker: int = 64
+    request_timeout_s: float = 600.0
+
+
+class Orchestrator:
+    def __init__(self, registry: WorkerRegistry, traffic: TrafficController, config: RoutingConfig) -> None:
+        self._registry = registry
+        self._traffic = traffic
+        self._config = config
+        self._background: set[asyncio.Task[None]] = set()
+
+    def capacity(self) -> int:
+        return self._config.max_inflight_per_worker * sum(1 for v in self._registry.views() if can_decode(v))
+
+    def prefill_parallelism(self) -> int:
+        views = self._registry.views()
+        return max(1, sum(1 for v in views if can_prefill(v)) or sum(1 for v in views if can_decode(v)))
+
+    async def run(self, job: Job) -> AsyncGenerator[TokenEvent, None]:
+        if not any(can_decode(v) for v in self._registry.views()):
+            raise Unavailable("no decode worker is reachable; try again shortly", retry_after_s=2)
+        ticket = await self._traffic.admit(job.priority, len(job.prompt), job.ttft_deadline)
+        try:
+            decode = pick_decode(self._registry.views(), len(job.prompt), self._config.max_inflight_per_worker)
+            if decode is None:
+                raise Unavailable("no decode worker has room; try again shortly", retry_after_s=1)
+            prefill = await self._choose_prefill(job, decode)
+            stream = (
+                self._disaggregated(job, ticket, decode, prefill)
+                if prefill is not None
+                else self._colocated(job, ticket, decode)
+            )
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    yield event
+        finally:
+            self._traffic.release(ticket)
+
+    async def _choose_prefill(self, job: Job, decode: WorkerView) -> WorkerView | None:
+        views = self._registry.views()
+        prefill_views = [v for v in views if can_prefill(v)]
+        n = len(job.prompt)
+        # The uncached part is at most the whole prompt: short prompts need no probing.
+        if not prefill_views or n < self._config.min_prompt_tokens:
+            return None
+        probed = [decode, *prefill_views]
+        hits = await asyncio.gather(*(self._prefix_hits(v.name, job.prompt) for v in probed))
+        by_name = {v.name: h for v, h in zip(probed, hits, strict=True)}
+        if not disaggregate(n, by_name[decode.name], self._config.min_prompt_tokens, True):
+            return None
+        return pick_prefill(prefill_views, n, by_name)
+
+    async def _prefix_hits(self, name: str, prompt: tuple[int, ...]) -> int:
+        try:
+            _, hits = await self._registry.client(name).load(prompt, timeout=PREFIX_PROBE_TIMEOUT_S)
+        except Exception:  # a missing hint only makes routing less informed
+            return 0
+        return hits
+
+    async def _colocated(self, job: Job, ticket: Ticket, decode: WorkerView) -> AsyncGenerator[TokenEvent, None]:
+        client = self._registry.client(decode.name)
+        done = False
+        with self._registry.track(decode.name, len(job.prompt)) as prefilled:
+            stream = client.generate(job.request_id, job.prompt, job.params, timeout=job.timeout_s)
+            try:
+                async with contextlib.aclosing(stream):
+                    first = True
+                    async for event in stream:
+                        if first and event.token_ids:
+                            first = False
+                            prefilled()
+                            self._traffic.first_token(ticket, event.num_prompt_tokens - event.num_cached_tokens)
+                        done = event.finished
+                        yield event
+            except WorkerDown as exc:
+                self._registry.mark_down(decode.name, str(exc))
+                raise
+            finally:
+                if not done:
+                    self._cancel(decode.name, job.request_id)
+
+    async def _disaggregated(
+        self, job: Job, ticket: Ticket, decode: WorkerView, prefill: WorkerView
+    ) -> AsyncGenerator[TokenEvent, None]:
+        d_client = self._registry.client(decode.name)
+        p_client = self._registry.client(prefill.name)
+        done = False
+        started = time.monotonic()
+        with self._registry.track(decode.name), self._registry.track(prefill.name, len(job.prompt)) as prefilled:
+            try:
+                reservation = await self._call(decode.name, d_client.reserve(job.request_id, job.prompt, job.params))
+                result = await self._call(
+                    prefill.name,
+                    p_client.prefill(
+                        job.request_id, job.prompt, job.params, decode.address, reservation,
+                        timeout=max(1.0, job.timeout_s - (time.monotonic() - started)),
+                    ),
+                )
+                prefilled()
+                first = result.first
+                self._traffic.first_token(ticket, first.num_prompt_tokens - first.num_cached_tokens)
+                if first.finish_reason == "prefilled":
+                    first = replace(first, finished=False, finish_reason=None)
+                done = first.finished
+                yield first
+                if done:
+                    return
+                if len(first.token_ids) != 1:
+                    raise WorkerDown(prefill.name, f"Prefill returned {len(first.token_ids)} tokens, not 1")
+                stream = d_client.decode(
+                    job.request_id, first.token_ids[0], timeout=max(1.0, job.timeout_s - (time.monotonic() - started))
+                )
+                async with contextlib.aclosing(stream):
+                    async for event in self._watch(decode.name, stream):
+                        # The decode stream's own counts start after the first token.
+                        done = event.finished
+                        yield replace(
+                            event,
+                            num_prompt_tokens=first.num_prompt_tokens,
+                            num_cached_tokens=first.num_cached_tokens,
+                        )
+            finally:
+                if not done:
+                    self._cancel(decode.name, job.request_id)
+                    self._cancel(prefill.name, job.request_id)
+
+    async def _call(self, name: str, coro: Awaitable[T]) -> T:
+        try:
+            return await coro
+        except WorkerDown as exc:
+            self._registry.mark_down(name, str(exc))
+            raise
+
+    async def _watch(self, name: str, stream: AsyncGenerator[TokenEvent, None]) -> AsyncGenerator[TokenEvent, None]:
+        try:
+            async for event in stream:
+                yield event
+        except WorkerDown as exc:
+            self._registry.mark_down(name, str(exc))
+            raise
+
+    def _cancel(self, name: str, request_id: str) -> None:
+        """Tell a worker to free the request now; fire and forget (we may be being cancelled)."""
+        try:
+            client = self._registry.client(name)
+        except KeyError:
+            return
+        task = asyncio.get_running_loop().create_task(client.cancel(request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
