@@ -1,2 +1,1 @@
 """Kubernetes-facing API: typed InferencePool models, the one source of the CRD schema."""
-

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 GROUP = "tandem.dev"
 VERSION = "v1alpha1"
@@ -48,7 +48,7 @@ def _positive_duration(text: str) -> str:
     return text
 
 
-def _cel_positive(field: str) -> dict[str, Any]:
+def _cel_positive(field: str) -> dict[str, JsonValue]:
     return {
         "x-kubernetes-validations": [
             {
@@ -156,7 +156,7 @@ class RouterSpec(Placement):
     replicas: int = Field(default=1, ge=0, le=64, description="Router pods.")
 
 
-def _role_rules(role: str) -> dict[str, Any]:
+def _role_rules(role: str) -> dict[str, JsonValue]:
     return {
         "x-kubernetes-validations": [
             {
@@ -233,7 +233,6 @@ class DecodeSpec(RoleSpec):
     )
 
 
-
 class Disaggregation(_Model):
     min_prompt_tokens: int = Field(
         default=256,
@@ -256,7 +255,7 @@ class PriorityClass(_Model):
     ttft_slo: TtftSLO | None = Field(default=None, alias="ttftSLO")
 
 
-_UNIQUE_NAMES = {
+_UNIQUE_NAMES: dict[str, JsonValue] = {
     "x-kubernetes-validations": [
         {
             "rule": "self.all(c, self.exists_one(d, d.name == c.name))",
@@ -294,7 +293,7 @@ class Autoscaling(_Model):
     )
 
 
-_BUDGET_RULE = {
+_BUDGET_RULE: dict[str, JsonValue] = {
     "x-kubernetes-validations": [
         {
             "rule": (
@@ -393,8 +392,10 @@ class InferencePoolStatus(_Model):
 class InferencePool(_Model):
     """The whole object as the API server returns it (metadata kept loosely typed)."""
 
-    api_version: Literal["tandem.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
-    kind: Literal["InferencePool"] = KIND
+    api_version: Literal["tandem.dev/v1alpha1"] = Field(
+        default="tandem.dev/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["InferencePool"] = "InferencePool"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: InferencePoolSpec
     status: InferencePoolStatus | None = None

@@ -1,2 +1,1 @@
 """kopf operator: thin handlers over pure reconcile, rendering and scaling policy."""
-

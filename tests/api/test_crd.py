@@ -75,7 +75,9 @@ def test_every_rule_message_names_a_field() -> None:
     assert len(rules) >= 9  # 2 per role, budget, unique names, 3 durations, metadata.name
     for path, rule in rules:
         leaf = path.rsplit(".", 1)[-1]
-        assert leaf in rule["message"] or "spec." in rule["message"] or "metadata." in rule["message"]
+        assert (
+            leaf in rule["message"] or "spec." in rule["message"] or "metadata." in rule["message"]
+        )
 
 
 def _paths(doc: Any, prefix: str = "") -> set[str]:

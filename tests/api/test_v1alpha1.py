@@ -73,7 +73,10 @@ def test_examples_parse(path: Path) -> None:
         ),
         (with_("autoscaling.ttftP99", "0s"), "ttftP99"),
         (with_("autoscaling.tpotP99", "fast"), "tpotP99"),
-        (with_("traffic.priorityClasses", [{"name": "a", "priority": 1, "ttftSLO": "0ms"}]), "ttftSLO"),
+        (
+            with_("traffic.priorityClasses", [{"name": "a", "priority": 1, "ttftSLO": "0ms"}]),
+            "ttftSLO",
+        ),
         (with_("model.uri", "s3://bucket/m"), "uri"),
         (with_("model.uri", "hostPath://relative"), "uri"),
         (with_("model.dtype", "int8"), "dtype"),
@@ -111,7 +114,7 @@ def test_pool_name(name: str, ok: bool) -> None:
     if ok:
         assert InferencePool.model_validate(doc).metadata["name"] == name
     else:
-        with pytest.raises(ValidationError, match="metadata.name"):
+        with pytest.raises(ValidationError, match=r"metadata\.name"):
             InferencePool.model_validate(doc)
 
 

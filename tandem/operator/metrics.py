@@ -1,0 +1,23 @@
+"""The operator's own Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Histogram
+
+RECONCILES = Counter(
+    "tandem_operator_reconciles_total",
+    "Reconcile passes of InferencePools, by outcome.",
+    ["outcome"],  # applied | unchanged | invalid | error
+)
+RECONCILE_SECONDS = Histogram(
+    "tandem_operator_reconcile_seconds",
+    "Time of one reconcile pass (observe, plan, apply, status).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def observe(outcome: str, started: float) -> None:
+    RECONCILES.labels(outcome=outcome).inc()
+    RECONCILE_SECONDS.observe(time.monotonic() - started)

@@ -1,0 +1,44 @@
+"""Everything an InferencePool owns, as manifests (pure: spec in, dicts out).
+
+Per pool `p`: Deployments `p-router`, `p-prefill`, `p-decode`; Services `p-router`
+(ClusterIP, HTTP) and headless `p-prefill`/`p-decode`; PodDisruptionBudgets for
+roles with two or more pods (a budget over one pod either blocks node drains
+forever or protects nothing); the router's ServiceAccount, Role and
+RoleBinding. Each carries the pool's owner reference, so deleting the pool
+lets the garbage collector remove all of it.
+"""
+
+from __future__ import annotations
+
+from tandem.api import v1alpha1 as api
+from tandem.operator.companions import (
+    disruption_budget,
+    router_rbac,
+    router_service,
+    worker_service,
+)
+from tandem.operator.objects import Manifest, PoolRef
+from tandem.operator.workload import router_deployment, worker_deployment
+
+
+def replicas_of(spec: api.InferencePoolSpec) -> dict[str, int]:
+    return {
+        "router": spec.router.replicas,
+        "prefill": spec.prefill.replicas,
+        "decode": spec.decode.replicas,
+    }
+
+
+def render(pool: PoolRef, spec: api.InferencePoolSpec, default_image: str) -> tuple[Manifest, ...]:
+    """All owned objects, in an order that lets pods start cleanly (RBAC, Services first)."""
+    objects: list[Manifest] = [*router_rbac(pool), router_service(pool)]
+    objects += [worker_service(pool, role) for role in ("prefill", "decode")]
+    objects += [
+        worker_deployment(pool, spec, "prefill", default_image),
+        worker_deployment(pool, spec, "decode", default_image),
+        router_deployment(pool, spec, default_image),
+    ]
+    objects += [
+        disruption_budget(pool, role) for role, count in replicas_of(spec).items() if count >= 2
+    ]
+    return tuple(objects)

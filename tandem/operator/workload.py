@@ -1,0 +1,159 @@
+"""The router and worker Deployments of a pool (pure: spec in, dicts out)."""
+
+from __future__ import annotations
+
+from tandem.api import v1alpha1 as api
+from tandem.env import TANDEM_POD_NAME, TANDEM_POD_NAMESPACE, TANDEM_POOL
+from tandem.operator.objects import (
+    GPU_RESOURCE,
+    MODEL_MOUNT,
+    ROUTER_PORT,
+    WORKER_PORT,
+    Manifest,
+    ModelVolume,
+    PoolRef,
+    labels,
+    metadata,
+    model_volume,
+    name_of,
+    selector,
+)
+
+
+def _resources(placement: api.Placement, gpus: int) -> Manifest:
+    out: Manifest = {}
+    if placement.resources is not None:
+        for kind in ("requests", "limits"):
+            amounts = getattr(placement.resources, kind)
+            if amounts is not None:
+                out[kind] = amounts.model_dump(exclude_none=True)
+    if gpus:
+        # Extended resources are requested through limits; requests default to them.
+        out.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
+    return out
+
+
+def _env(pool: PoolRef) -> list[Manifest]:
+    def field(path: str) -> Manifest:
+        return {"fieldRef": {"fieldPath": path}}
+
+    return [
+        {"name": TANDEM_POD_NAME, "valueFrom": field("metadata.name")},
+        {"name": TANDEM_POD_NAMESPACE, "valueFrom": field("metadata.namespace")},
+        {"name": TANDEM_POOL, "value": pool.name},
+    ]
+
+
+def _container(
+    spec: api.InferencePoolSpec, image: str, name: str, args: list[str], port: Manifest
+) -> Manifest:
+    container: Manifest = {
+        "name": name,
+        "image": spec.image or image,
+        "command": ["tandem"],
+        "args": args,
+        "ports": [port],
+        "readinessProbe": {"tcpSocket": {"port": port["name"]}, "periodSeconds": 5},
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}],
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    return container
+
+
+def _pod(
+    pool: PoolRef,
+    role: str,
+    placement: api.Placement,
+    container: Manifest,
+    volume: ModelVolume,
+    extra: Manifest,
+) -> Manifest:
+    pod: Manifest = {
+        "enableServiceLinks": False,  # a pool's many Services must not flood the env
+        "containers": [container],
+        "volumes": [volume.volume],
+        **extra,
+    }
+    if placement.node_selector:
+        pod["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        pod["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations
+        ]
+    return {"metadata": {"labels": labels(pool, role)}, "spec": pod}
+
+
+def worker_args(role: str, model_path: str) -> list[str]:
+    return ["worker", "--role", role, "--model", model_path, "--port", str(WORKER_PORT)]
+
+
+def router_args(pool: PoolRef) -> list[str]:
+    return [
+        "router",
+        "--discovery",
+        "kube",
+        "--pool",
+        pool.name,
+        "--namespace",
+        pool.namespace,
+        "--port",
+        str(ROUTER_PORT),
+    ]
+
+
+def worker_deployment(
+    pool: PoolRef, spec: api.InferencePoolSpec, role: str, image: str
+) -> Manifest:
+    role_spec: api.RoleSpec = spec.prefill if role == "prefill" else spec.decode
+    volume = model_volume(spec.model.uri)
+    container = _container(
+        spec,
+        image,
+        "worker",
+        worker_args(role, volume.model_path),
+        {"name": "grpc", "containerPort": WORKER_PORT, "protocol": "TCP"},
+    )
+    container["env"] = _env(pool)
+    resources = _resources(role_spec, role_spec.gpus_per_replica)
+    if resources:
+        container["resources"] = resources
+    # Draining in-flight requests takes up to a long completion; give it time.
+    pod = _pod(pool, role, role_spec, container, volume, {"terminationGracePeriodSeconds": 120})
+    return _deployment(pool, role, role_spec.replicas, pod, max_surge=0)
+
+
+def router_deployment(pool: PoolRef, spec: api.InferencePoolSpec, image: str) -> Manifest:
+    volume = model_volume(spec.model.uri)  # the router tokenizes: it reads tokenizer.json
+    container = _container(
+        spec,
+        image,
+        "router",
+        router_args(pool),
+        {"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"},
+    )
+    container["env"] = _env(pool)
+    resources = _resources(spec.router, 0)
+    if resources:
+        container["resources"] = resources
+    extra = {"serviceAccountName": name_of(pool, "router")}
+    pod = _pod(pool, "router", spec.router, container, volume, extra)
+    return _deployment(pool, "router", spec.router.replicas, pod, max_surge=1)
+
+
+def _deployment(pool: PoolRef, role: str, replicas: int, pod: Manifest, max_surge: int) -> Manifest:
+    # Workers hold GPUs from a fixed budget, so they roll one pod at a time without surge.
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(pool, role),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector(pool, role)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": 1},
+            },
+            "template": pod,
+        },
+    }
