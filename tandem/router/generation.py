@@ -47,7 +47,10 @@ def outcome_of(exc: BaseException) -> str:
 
 class Generation:
     def __init__(
-        self, orchestrator: Orchestrator, detokenizer: Callable[[], Detokenizer], metrics: RouterMetrics
+        self,
+        orchestrator: Orchestrator,
+        detokenizer: Callable[[Sequence[int]], Detokenizer],
+        metrics: RouterMetrics,
     ) -> None:
         self._orchestrator = orchestrator
         self._detokenizer = detokenizer
@@ -58,7 +61,7 @@ class Generation:
         outcome = "cancelled"
         first_at: float | None = None
         completion = 0
-        detok = self._detokenizer()
+        detok = self._detokenizer(job.prompt)
         stops = StopStrings(job.params.stop)
         events = self._orchestrator.run(job)
         try:

@@ -80,9 +80,12 @@ class Frontend:
         return tuple(self.codec.encode(req.prompt_text or ""))
 
 
+FRONTEND = web.AppKey("frontend", Frontend)
+
+
 def build_app(frontend: Frontend) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_middleware])
-    app["frontend"] = frontend
+    app[FRONTEND] = frontend
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_post("/v1/chat/completions", _chat)
@@ -120,13 +123,13 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def _models(request: web.Request) -> web.Response:
-    fe: Frontend = request.app["frontend"]
+    fe: Frontend = request.app[FRONTEND]
     name, facts = await fe.model()
     return web.json_response(api_response.models_list(name, fe.created, facts.max_model_len))
 
 
 async def _health(request: web.Request) -> web.Response:
-    fe: Frontend = request.app["frontend"]
+    fe: Frontend = request.app[FRONTEND]
     views = fe.registry.views()
     workers = [{"name": v.name, "role": v.role, "up": v.up, "inflight": v.inflight} for v in views]
     if not any(can_decode(v) for v in views):
@@ -137,7 +140,7 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    fe: Frontend = request.app["frontend"]
+    fe: Frontend = request.app[FRONTEND]
     body = fe.generation.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -152,7 +155,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 async def _generate(request: web.Request, kind: api_request.Kind) -> web.StreamResponse:
     received = time.monotonic()
-    fe: Frontend = request.app["frontend"]
+    fe: Frontend = request.app[FRONTEND]
     req = api_request.parse_request(kind, api_request.parse_json(await request.read()))
     name, facts = await fe.model()
     api_request.check_model(req.model, name)

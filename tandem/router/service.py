@@ -70,7 +70,7 @@ class _NoText:
     def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
         raise BadRequest("chat needs the model's tokenizer; start the router with --model DIR", param="messages")
 
-    def detokenizer(self) -> Detokenizer:
+    def detokenizer(self, prompt: Sequence[int]) -> Detokenizer:
         return _Silent()
 
 

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from tandem.router.errors import BadRequest
 from tandem.router.generation import Detokenizer
+from tandem.tokenizer import ChatTemplateError, Tokenizer
 
 
 class TextCodec(Protocol):
@@ -15,42 +17,30 @@ class TextCodec(Protocol):
 
     def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]: ...
 
-    def detokenizer(self) -> Detokenizer: ...
+    def detokenizer(self, prompt: Sequence[int]) -> Detokenizer: ...
 
 
 class TokenizerCodec:
     """Adapts `tandem.tokenizer.Tokenizer` (the `tokenizers` library, no torch)."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
 
     @classmethod
     def from_dir(cls, path: str | Path) -> TokenizerCodec:
-        from tandem.tokenizer import Tokenizer
-
         return cls(Tokenizer.from_dir(path))
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text))
+        return self._tok.encode(text)
 
     def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
-        chat = [{"role": role, "content": content} for role, content in messages]
-        out = self._tok.apply_chat_template(chat)
-        return list(self._tok.encode(out, add_special_tokens=False)) if isinstance(out, str) else list(out)
+        chat: list[dict[str, Any]] = [{"role": role, "content": content} for role, content in messages]
+        try:
+            return self._tok.encode_chat(chat)
+        except ChatTemplateError as exc:
+            raise BadRequest(f"messages cannot be rendered with the model's chat template: {exc}",
+                             param="messages") from None
 
-    def detokenizer(self) -> Detokenizer:
-        from tandem.tokenizer import IncrementalDetokenizer
-
-        return _Incremental(IncrementalDetokenizer(self._tok))
-
-
-class _Incremental:
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def add(self, token_ids: Sequence[int]) -> str:
-        return str(self._inner.add(list(token_ids)))
-
-    def flush(self) -> str:
-        flush = getattr(self._inner, "flush", None)
-        return str(flush()) if flush is not None else ""
+    def detokenizer(self, prompt: Sequence[int]) -> Detokenizer:
+        # The prompt's tail is left context, so a first token's leading space decodes right.
+        return self._tok.detokenizer(context_ids=prompt)
