@@ -75,6 +75,10 @@ class NoCommonTransport(TransferError):
     """The two ends share no KV transport."""
 
 
+class BadKVMessage(TransferError):
+    """A received PushKV message does not fit this worker (names the field)."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """What one end of a transfer supports."""
@@ -359,7 +363,7 @@ async def receive(
         async for msg in messages:
             name = "shm" if msg.HasField("shm") else "grpc"
             if name not in accepted:
-                raise TransferError(f"KV transport {name!r} not accepted here ({list(accepted)})")
+                raise BadKVMessage(f"KV transport {name!r} not accepted here ({list(accepted)})")
             receiver = receivers.get(name)
             if receiver is None:
                 receiver = receivers[name] = load_transport(name).open_receiver(layout)
@@ -378,10 +382,10 @@ async def receive(
 def check_message(msg: worker_pb2.KVChunk, layout: KVLayout) -> None:
     """Reject a message that does not fit the receiver's layout (names the field)."""
     if msg.layer >= layout.num_layers:
-        raise TransferError(f"KVChunk.layer: {msg.layer} >= num_layers {layout.num_layers}")
+        raise BadKVMessage(f"KVChunk.layer: {msg.layer} >= num_layers {layout.num_layers}")
     if msg.num_blocks < 1:
-        raise TransferError("KVChunk.num_blocks: must be >= 1")
+        raise BadKVMessage("KVChunk.num_blocks: must be >= 1")
     if msg.dtype != layout.dtype:
-        raise TransferError(f"KVChunk.dtype: {msg.dtype!r} but this worker holds {layout.dtype!r}")
+        raise BadKVMessage(f"KVChunk.dtype: {msg.dtype!r} but this worker holds {layout.dtype!r}")
     if not msg.request_id:
-        raise TransferError("KVChunk.request_id: empty")
+        raise BadKVMessage("KVChunk.request_id: empty")

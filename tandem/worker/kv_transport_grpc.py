@@ -13,11 +13,11 @@ import torch
 
 from tandem.rpc.v1 import worker_pb2
 from tandem.worker.kv_transfer import (
+    BadKVMessage,
     ChunkLike,
     KVLayout,
     KVReceiver,
     KVTransport,
-    TransferError,
     TransferTarget,
     TransportSession,
     check_message,
@@ -42,7 +42,7 @@ def tensor_from_bytes(data: bytes, layout: KVLayout, num_blocks: int) -> torch.T
     """[num_blocks, block_size, num_kv_heads, head_dim] view over `data`."""
     expected = num_blocks * layout.block_bytes
     if len(data) != expected:
-        raise TransferError(f"KVChunk payload: {len(data)} bytes, expected {expected}")
+        raise BadKVMessage(f"KVChunk payload: {len(data)} bytes, expected {expected}")
     flat = torch.frombuffer(data, dtype=torch.uint8)
     return flat.view(layout.torch_dtype()).view(num_blocks, *layout.block_shape)
 

@@ -22,6 +22,7 @@ import torch
 
 from tandem.rpc.v1 import worker_pb2
 from tandem.worker.kv_transfer import (
+    BadKVMessage,
     ChunkLike,
     KVLayout,
     KVReceiver,
@@ -89,7 +90,7 @@ class _Mapping:
         assert self.bytes is not None
         nbytes = num_blocks * layout.block_bytes
         if offset + nbytes > self.size:
-            raise TransferError(
+            raise BadKVMessage(
                 f"shm region [{offset}, {offset + nbytes}) outside segment {self.path.name} "
                 f"of {self.size} bytes"
             )
@@ -184,13 +185,13 @@ class _ShmReceiver(KVReceiver):
         check_message(msg, self._layout)
         name = msg.shm.segment
         if not _NAME.match(name):
-            raise TransferError(f"KVChunk.shm.segment: {name!r} is not a Tandem segment name")
+            raise BadKVMessage(f"KVChunk.shm.segment: {name!r} is not a Tandem segment name")
         mapping = self._maps.get(name)
         if mapping is None:
             try:
                 mapping = self._maps[name] = _Mapping(self._dir / name, None, create=False)
             except OSError as exc:
-                raise TransferError(f"KVChunk.shm.segment: cannot open {name}: {exc}") from exc
+                raise BadKVMessage(f"KVChunk.shm.segment: cannot open {name}: {exc}") from exc
         return KVChunk(
             request_id=msg.request_id,
             layer=msg.layer,
