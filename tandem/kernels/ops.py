@@ -1,56 +1,74 @@
 """Dispatch: Triton kernels on CUDA, plain-PyTorch references elsewhere.
 
-The model code calls only these functions. Each forwards to the reference
-(`*_ref`) unless the tensors live on a CUDA device and the Triton kernel for
-that op is available.
+The model code calls only these functions. Each forwards to the Triton
+launcher when its tensors live on a CUDA device and Triton is importable,
+and to the reference (`*_ref`) otherwise (CPU runs, CPU-only installs).
+Triton is imported by the kernel modules only when it is installed.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tandem.kernels.paged_decode_attention import paged_decode_attention_ref
-from tandem.kernels.paged_prefill_attention import paged_prefill_attention_ref
-from tandem.kernels.rms_norm import rms_norm_ref
-from tandem.kernels.rotary import rotary_ref
-from tandem.kernels.silu_mul import silu_mul_ref
-from tandem.kernels.store_kv import store_kv_ref
+from tandem.kernels import paged_decode_attention as _decode
+from tandem.kernels import paged_prefill_attention as _prefill
+from tandem.kernels import rms_norm as _rms_norm
+from tandem.kernels import rotary as _rotary
+from tandem.kernels import rotary_store_kv as _rotary_store_kv
+from tandem.kernels import silu_mul as _silu_mul
+from tandem.kernels import store_kv as _store_kv
+from tandem.kernels.checks import HAS_TRITON
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether ops on tensors like `t` go to the Triton kernels."""
+    return HAS_TRITON and t.is_cuda
 
 
 def store_kv(
-    k: torch.Tensor,
+    k: torch.Tensor,  # [T, num_kv_heads, head_dim]
     v: torch.Tensor,
-    k_cache: torch.Tensor,
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
+    slot_mapping: torch.Tensor,  # [T] int64, -1 = skip
 ) -> None:
-    store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
+    if use_triton(k_cache):
+        _store_kv.store_kv(k, v, k_cache, v_cache, slot_mapping)
+    else:
+        _store_kv.store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
 
 
 def paged_decode_attention(
-    q: torch.Tensor,
+    q: torch.Tensor,  # [B, num_heads, head_dim]
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    seq_lens: torch.Tensor,  # [B] int32
     scale: float,
-) -> torch.Tensor:
-    return paged_decode_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale)
+) -> torch.Tensor:  # [B, num_heads, head_dim]
+    if use_triton(q):
+        return _decode.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    return _decode.paged_decode_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale)
 
 
 def paged_prefill_attention(
-    q: torch.Tensor,
+    q: torch.Tensor,  # [T, num_heads, head_dim]
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    query_start_loc: torch.Tensor,  # [B + 1] int32
+    seq_lens: torch.Tensor,  # [B] int32
     scale: float,
     *,
     max_query_len: int,
     max_seq_len: int,
-) -> torch.Tensor:
-    return paged_prefill_attention_ref(
+) -> torch.Tensor:  # [T, num_heads, head_dim]
+    if use_triton(q):
+        return _prefill.paged_prefill_attention(
+            q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
+            max_query_len=max_query_len,
+        )  # fmt: skip
+    return _prefill.paged_prefill_attention_ref(
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale
     )
 
@@ -58,14 +76,40 @@ def paged_prefill_attention(
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return rms_norm_ref(x, weight, eps, residual)
+    """Returns (normed, new_residual); new_residual is x + residual (x itself without one)."""
+    if use_triton(x) and x.dim() == 2:
+        return _rms_norm.rms_norm(x, weight, eps, residual)
+    return _rms_norm.rms_norm_ref(x, weight, eps, residual)
 
 
-def silu_mul(x: torch.Tensor) -> torch.Tensor:
-    return silu_mul_ref(x)
+def silu_mul(x: torch.Tensor) -> torch.Tensor:  # [T, 2 * inter] -> [T, inter]
+    if use_triton(x) and x.dim() == 2:
+        return _silu_mul.silu_mul(x)
+    return _silu_mul.silu_mul_ref(x)
 
 
 def rotary(
     x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> torch.Tensor:
-    return rotary_ref(x, positions, cos, sin)
+    if use_triton(x):
+        return _rotary.rotary(x, positions, cos, sin)
+    return _rotary.rotary_ref(x, positions, cos, sin)
+
+
+def rotary_store_kv(
+    q: torch.Tensor,  # [T, num_heads, head_dim]
+    k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    v: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    positions: torch.Tensor,  # [T] int64
+    cos: torch.Tensor,  # [max_pos, head_dim // 2] float32
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # [T] int64, -1 = skip
+) -> torch.Tensor:  # [T, num_heads, head_dim]
+    """RoPE on q and k plus store of the rotated k and v into the paged cache,
+    in one pass. Returns the rotated q; the rotated k exists only in the cache."""
+    args = (q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping)
+    if use_triton(q):
+        return _rotary_store_kv.rotary_store_kv(*args)
+    return _rotary_store_kv.rotary_store_kv_ref(*args)

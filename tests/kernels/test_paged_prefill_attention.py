@@ -1,0 +1,95 @@
+"""Paged prefill attention (causal, variable length, cached context) against
+the float32 reference."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from tandem.kernels.checks import KernelInputError
+from tandem.kernels.paged_prefill_attention import (
+    paged_prefill_attention,
+    paged_prefill_attention_ref,
+)
+from tests.kernels.inputs import (
+    ATTENTION_TOL,
+    DEVICE,
+    DTYPES,
+    make_paged,
+    poisoned,
+    randn,
+    rel_err,
+    upcast,
+)
+
+# (query_lens, seq_lens, num_heads, num_kv_heads, head_dim, block_size)
+SMALL = [
+    # a 1-token prompt, a chunk after 13 cached tokens, an exact block multiple
+    ([1, 37, 16], [1, 50, 16], 6, 2, 16, 8),
+    ([20, 3], [20, 40], 5, 5, 24, 16),  # MHA, head_dim not a power of two; decode-like row
+]
+
+
+def _run(
+    query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int, head_dim: int,
+    block_size: int, dtype: torch.dtype, **tiles: int,
+) -> None:  # fmt: skip
+    gen = torch.Generator().manual_seed(sum(seq_lens) + 7 * heads)
+    kv = make_paged(
+        gen, seq_lens, block_size=block_size, num_kv_heads=kv_heads, head_dim=head_dim, dtype=dtype
+    )
+    tokens = sum(query_lens)
+    q = randn(gen, tokens, heads, head_dim, dtype=dtype)
+    starts = torch.tensor([0, *itertools.accumulate(query_lens)], dtype=torch.int32, device=DEVICE)
+    scale = head_dim**-0.5
+    out = poisoned(tokens, heads, head_dim, dtype=dtype)
+    paged_prefill_attention(
+        q, kv.k_cache, kv.v_cache, kv.block_tables, starts, kv.seq_lens, scale,
+        max_query_len=max(query_lens), out=out, **tiles,
+    )  # fmt: skip
+    f32 = upcast(kv)
+    ref = paged_prefill_attention_ref(
+        q.float(), f32.k_cache, f32.v_cache, f32.block_tables, starts, f32.seq_lens, scale
+    )
+    err = rel_err(out, ref)
+    assert err < ATTENTION_TOL[dtype], f"relative L2 error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"), SMALL)
+def test_prefill_matches_reference(
+    dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
+    head_dim: int, block_size: int,
+) -> None:  # fmt: skip
+    _run(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, block_m=16, block_n=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"),
+    [
+        ([1000, 1, 257], [1000, 600, 2000], 32, 8, 128, 16),  # prompt, decode row, late chunk
+        ([128, 4096], [128, 4096], 32, 8, 128, 16),
+        ([77, 500], [300, 500], 16, 2, 64, 32),
+        ([333], [333], 12, 4, 16, 8),  # the tiny model's head_dim
+    ],
+)
+def test_prefill_matches_reference_gpu(
+    dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
+    head_dim: int, block_size: int,
+) -> None:  # fmt: skip
+    _run(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype)
+
+
+def test_prefill_rejects_short_query_start_loc() -> None:
+    k = torch.randn(4, 8, 2, 16)
+    with pytest.raises(KernelInputError, match="query_start_loc"):
+        paged_prefill_attention(
+            torch.randn(5, 4, 16), k, k.clone(), torch.zeros(2, 2, dtype=torch.int32),
+            torch.tensor([0, 5], dtype=torch.int32), torch.ones(2, dtype=torch.int32), 1.0,
+            max_query_len=5,
+        )  # fmt: skip
