@@ -47,6 +47,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=api.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # Events carry what we did, not every log line
+    settings.posting.reporting_component = "tandem-operator"
     settings.watching.server_timeout = 300
     memo.kube = Kube(await asyncio.to_thread(api_client, memo.get("kubeconfig")))
     memo.locks = defaultdict(asyncio.Lock)

@@ -14,6 +14,7 @@ ROLE_LABEL = "tandem.dev/role"
 ROLES = ("router", "prefill", "decode")
 WORKER_PORT = 50051
 ROUTER_PORT = 8000
+METRICS_PORT = 9090  # workers: /metrics and /health over HTTP
 MODEL_MOUNT = "/mnt/model"
 GPU_RESOURCE = "nvidia.com/gpu"
 

@@ -6,6 +6,7 @@ from tandem.api import v1alpha1 as api
 from tandem.env import TANDEM_POD_NAME, TANDEM_POD_NAMESPACE, TANDEM_POOL
 from tandem.operator.objects import (
     GPU_RESOURCE,
+    METRICS_PORT,
     MODEL_MOUNT,
     ROUTER_PORT,
     WORKER_PORT,
@@ -45,20 +46,32 @@ def _env(pool: PoolRef) -> list[Manifest]:
 
 
 def _container(
-    spec: api.InferencePoolSpec, image: str, name: str, args: list[str], port: Manifest
+    spec: api.InferencePoolSpec,
+    image: str,
+    name: str,
+    args: list[str],
+    ports: list[Manifest],
+    health_port: str,
 ) -> Manifest:
     container: Manifest = {
         "name": name,
         "image": spec.image or image,
         "command": ["tandem"],
         "args": args,
-        "ports": [port],
-        "readinessProbe": {"tcpSocket": {"port": port["name"]}, "periodSeconds": 5},
+        "ports": ports,
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": health_port},
+            "periodSeconds": 5,
+        },
         "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}],
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     return container
+
+
+def _port(name: str, number: int) -> Manifest:
+    return {"name": name, "containerPort": number, "protocol": "TCP"}
 
 
 def _pod(
@@ -84,22 +97,49 @@ def _pod(
     return {"metadata": {"labels": labels(pool, role)}, "spec": pod}
 
 
-def worker_args(role: str, model_path: str) -> list[str]:
-    return ["worker", "--role", role, "--model", model_path, "--port", str(WORKER_PORT)]
+def _transports(choice: str) -> list[str]:
+    """`auto` keeps the worker's own preference list; a named transport goes first, with
+    gRPC kept as the fallback every pair of pods shares."""
+    if choice == "auto":
+        return []
+    return ["--kv-transports", "grpc" if choice == "grpc" else f"{choice},grpc"]
 
 
-def router_args(pool: PoolRef) -> list[str]:
+def worker_args(spec: api.InferencePoolSpec, role: str, model_path: str) -> list[str]:
+    return [
+        "worker",
+        "--role", role,
+        "--model", model_path,
+        "--host", "0.0.0.0",  # the pod IP, not loopback: routers and peers connect to it
+        "--port", str(WORKER_PORT),
+        "--metrics-port", str(METRICS_PORT),
+        "--dtype", spec.model.dtype,
+        *_transports(spec.kv_transfer.transport),
+    ]  # fmt: skip
+
+
+def _classes(traffic: api.Traffic | None) -> list[str]:
+    if traffic is None or not traffic.priority_classes:
+        return []
+    items = []
+    for c in traffic.priority_classes:
+        slo = f":{api.parse_duration(c.ttft_slo):g}s" if c.ttft_slo else ""
+        items.append(f"{c.name}:{c.priority}{slo}")
+    return ["--priority-classes", ",".join(items)]
+
+
+def router_args(pool: PoolRef, spec: api.InferencePoolSpec, model_path: str) -> list[str]:
     return [
         "router",
-        "--discovery",
-        "kube",
-        "--pool",
-        pool.name,
-        "--namespace",
-        pool.namespace,
-        "--port",
-        str(ROUTER_PORT),
-    ]
+        "--discovery", "kube",
+        "--pool", pool.name,
+        "--namespace", pool.namespace,
+        "--port", str(ROUTER_PORT),
+        "--model", model_path,  # the router tokenizes and applies the chat template
+        "--served-model-name", spec.model.name,
+        "--min-prompt-tokens", str(spec.disaggregation.min_prompt_tokens),
+        *_classes(spec.traffic),
+    ]  # fmt: skip
 
 
 def worker_deployment(
@@ -111,8 +151,9 @@ def worker_deployment(
         spec,
         image,
         "worker",
-        worker_args(role, volume.model_path),
-        {"name": "grpc", "containerPort": WORKER_PORT, "protocol": "TCP"},
+        worker_args(spec, role, volume.model_path),
+        [_port("grpc", WORKER_PORT), _port("metrics", METRICS_PORT)],
+        "metrics",
     )
     container["env"] = _env(pool)
     resources = _resources(role_spec, role_spec.gpus_per_replica)
@@ -124,13 +165,14 @@ def worker_deployment(
 
 
 def router_deployment(pool: PoolRef, spec: api.InferencePoolSpec, image: str) -> Manifest:
-    volume = model_volume(spec.model.uri)  # the router tokenizes: it reads tokenizer.json
+    volume = model_volume(spec.model.uri)  # the router reads tokenizer.json from it
     container = _container(
         spec,
         image,
         "router",
-        router_args(pool),
-        {"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"},
+        router_args(pool, spec, volume.model_path),
+        [_port("http", ROUTER_PORT)],
+        "http",
     )
     container["env"] = _env(pool)
     resources = _resources(spec.router, 0)

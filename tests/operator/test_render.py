@@ -91,7 +91,8 @@ def test_worker_pod(role: str) -> None:
     (container,) = pod["spec"]["containers"]
     assert container["command"] == ["tandem"]
     assert container["args"] == [
-        "worker", "--role", role, "--model", "/mnt/model/llama", "--port", "50051",
+        "worker", "--role", role, "--model", "/mnt/model/llama", "--host", "0.0.0.0",
+        "--port", "50051", "--metrics-port", "9090", "--dtype", "bfloat16",
     ]  # fmt: skip
     assert container["image"] == "img:1"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -124,7 +125,8 @@ def test_router() -> None:
     assert pod["serviceAccountName"] == "llama-router"
     assert pod["containers"][0]["args"] == [
         "router", "--discovery", "kube", "--pool", "llama", "--namespace", "serving",
-        "--port", "8000",
+        "--port", "8000", "--model", "/mnt/model/llama", "--served-model-name", "m",
+        "--min-prompt-tokens", "256",
     ]  # fmt: skip
     assert "resources" not in pod["containers"][0]  # no GPU for the router
     service = objects[("Service", "llama-router")]
@@ -169,3 +171,34 @@ def test_model_volume(uri: str, volume: dict[str, Any], path: str) -> None:
 def test_model_volume_rejects_other_schemes() -> None:
     with pytest.raises(ValueError, match=r"spec\.model\.uri"):
         model_volume("s3://bucket/model")
+
+
+def _args(objects: dict[tuple[str, str], dict[str, Any]], name: str) -> list[str]:
+    args: list[str] = objects[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    return args
+
+
+@pytest.mark.parametrize(
+    ("transport", "flags"),
+    [("auto", []), ("grpc", ["--kv-transports", "grpc"]), ("shm", ["--kv-transports", "shm,grpc"])],
+)
+def test_kv_transport_flags(transport: str, flags: list[str]) -> None:
+    objects = by_key(render(POOL, spec(kvTransfer={"transport": transport}), "img:1"))
+    args = _args(objects, "llama-decode")
+    tail = args[args.index("--dtype") + 2 :]
+    assert tail == flags
+
+
+def test_traffic_reaches_the_router() -> None:
+    s = spec(
+        disaggregation={"minPromptTokens": 512},
+        traffic={"priorityClasses": [
+            {"name": "chat", "priority": 100, "ttftSLO": "1m30s"},
+            {"name": "batch", "priority": 1},
+        ]},
+    )  # fmt: skip
+    args = _args(by_key(render(POOL, s, "img:1")), "llama-router")
+    assert args[args.index("--min-prompt-tokens") + 1] == "512"
+    assert args[args.index("--priority-classes") + 1] == "chat:100:90s,batch:1"
