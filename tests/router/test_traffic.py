@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tandem.router.errors import DeadlineRejected, Unavailable
+from tandem.router.metrics import RouterMetrics
+from tandem.router.priority import PriorityClass
+from tandem.router.traffic import TrafficController
+
+HIGH, LOW = PriorityClass("high", 100), PriorityClass("low", 1)
+
+
+async def test_priority_order_and_bounded_concurrency() -> None:
+    capacity = [1]
+    t = TrafficController(lambda: capacity[0], lambda: 1, RouterMetrics())
+    first = await t.admit(LOW, 10, None)
+    order: list[str] = []
+
+    async def wait(cls: PriorityClass, name: str) -> None:
+        ticket = await t.admit(cls, 10, None)
+        order.append(name)
+        t.release(ticket)
+
+    tasks = [asyncio.create_task(wait(LOW, "low1")), asyncio.create_task(wait(HIGH, "high")),
+             asyncio.create_task(wait(LOW, "low2"))]
+    await asyncio.sleep(0.01)
+    assert order == [] and t.inflight == 1
+    t.release(first)
+    await asyncio.gather(*tasks)
+    assert order == ["high", "low1", "low2"]
+    assert t.inflight == 0
+
+
+async def test_deadline_rejection_counts_backlog() -> None:
+    t = TrafficController(lambda: 0, lambda: 1, RouterMetrics())
+    waiting = asyncio.create_task(t.admit(HIGH, 100_000, None))
+    await asyncio.sleep(0.01)
+    with pytest.raises(DeadlineRejected, match="100000 prompt tokens ahead"):
+        await t.admit(HIGH, 10, time.monotonic() + 1.0)
+    waiting.cancel()
+
+
+async def test_queue_timeout_is_503() -> None:
+    t = TrafficController(lambda: 0, lambda: 1, RouterMetrics(), queue_timeout_s=0.05)
+    with pytest.raises(Unavailable, match="waited"):
+        await t.admit(LOW, 1, None)
+    assert t.backlog(0).tokens_ahead == 0
+
+
+async def test_cancelled_waiter_leaves_the_queue() -> None:
+    metrics = RouterMetrics()
+    t = TrafficController(lambda: 0, lambda: 1, metrics)
+    task = asyncio.create_task(t.admit(LOW, 5, None))
+    await asyncio.sleep(0.01)
+    assert metrics.queue_depth.labels(priority="low")._value.get() == 1
+    task.cancel()
+    await asyncio.sleep(0.01)
+    assert t.backlog(0).tokens_ahead == 0
+    assert metrics.queue_depth.labels(priority="low")._value.get() == 0
