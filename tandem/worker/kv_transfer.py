@@ -65,6 +65,9 @@ KV_TRANSFER_SECONDS = Histogram(
     ["transport"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+for _name in _TRANSPORT_MODULES:  # export zeros before the first transfer
+    KV_TRANSFER_BYTES.labels(_name)
+    KV_TRANSFER_SECONDS.labels(_name)
 
 
 class TransferError(RuntimeError):

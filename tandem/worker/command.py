@@ -1,0 +1,204 @@
+"""`tandem worker`: one engine behind the gRPC WorkerService, plus /metrics
+and /health over HTTP. argv -> WorkerConfig -> run; SIGTERM drains, then exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tandem.worker.config import ROLES, Role
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from tandem.worker.config import EngineConfig
+    from tandem.worker.service import WorkerService
+
+log = logging.getLogger("tandem.worker")
+
+_TRANSPORTS = ("shm", "grpc")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model: str
+    role: Role = "both"
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    max_num_batched_tokens: int = 2048
+    kv_transports: tuple[str, ...] = _TRANSPORTS  # accepted for receiving, fastest first
+    kv_streams: int = 4  # parallel PushKV streams per transfer
+    drain_timeout_s: float = 30.0  # SIGTERM waits this long for in-flight work
+
+    def __post_init__(self) -> None:
+        if not (Path(self.model) / "config.json").is_file():
+            raise ValueError(f"--model: {self.model!r} is not a model folder (no config.json)")
+        if self.role not in ROLES:
+            raise ValueError(f"--role: must be one of {', '.join(ROLES)}, got {self.role!r}")
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"--{name.replace('_', '-')}: {value} is not a TCP port")
+        unknown = set(self.kv_transports) - set(_TRANSPORTS)
+        if unknown or "grpc" not in self.kv_transports:
+            raise ValueError(
+                f"--kv-transports: choose from {', '.join(_TRANSPORTS)} and include grpc, "
+                f"got {','.join(self.kv_transports)}"
+            )
+        if self.kv_streams < 1:
+            raise ValueError(f"--kv-streams: must be >= 1, got {self.kv_streams}")
+        if self.drain_timeout_s < 0:
+            raise ValueError(f"--drain-timeout: must be >= 0, got {self.drain_timeout_s}")
+        self.engine_config()  # the engine's own checks (block size, batch size, ...)
+
+    def engine_config(self) -> EngineConfig:
+        from tandem.worker.config import EngineConfig
+
+        return EngineConfig(
+            model=self.model,
+            dtype=self.dtype,
+            device=self.device,
+            block_size=self.block_size,
+            num_kv_blocks=self.num_kv_blocks,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            role=self.role,
+        )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "worker",
+        help="serve one engine (prefill, decode or both) over gRPC",
+        description="Serve one engine over gRPC (tandem.v1.WorkerService), "
+        "with Prometheus /metrics and /health on --metrics-port.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="Hugging Face-format model folder")
+    p.add_argument("--role", choices=ROLES, default="both")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=None, help="HTTP port for /metrics, /health")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument(
+        "--num-kv-blocks", type=int, default=None, help="KV pool size (default: sized from memory)"
+    )
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
+    p.add_argument(
+        "--kv-transports",
+        default=",".join(_TRANSPORTS),
+        help="KV transports accepted, fastest first (grpc is required)",
+    )
+    p.add_argument("--kv-streams", type=int, default=4, help="parallel PushKV streams per transfer")
+    p.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for work"
+    )
+    p.set_defaults(func=_run)
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    return WorkerConfig(
+        model=args.model,
+        role=args.role,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        device=args.device,
+        dtype=args.dtype,
+        block_size=args.block_size,
+        num_kv_blocks=args.num_kv_blocks,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        kv_transports=tuple(t for t in args.kv_transports.split(",") if t),
+        kv_streams=args.kv_streams,
+        drain_timeout_s=args.drain_timeout,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"tandem worker: {exc}") from None
+    asyncio.run(serve(config))
+    return 0
+
+
+async def serve(config: WorkerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then drain (bounded) and stop."""
+    from tandem.worker.async_engine import AsyncEngine
+    from tandem.worker.kv_transfer import available_transports
+    from tandem.worker.kv_transfer_peers import PeerChannels
+    from tandem.worker.kv_transport_shm import sweep_stale_segments
+    from tandem.worker.service import ServiceSettings, WorkerService, host_id, start_server
+
+    sweep_stale_segments()
+    engine = AsyncEngine.start(config.engine_config())
+    device = str(engine.engine.runner.device)
+    settings = ServiceSettings(
+        available_transports(config.kv_transports), host_id(), device, config.kv_streams
+    )
+    peers = PeerChannels()
+    service = WorkerService(engine, settings, peers)
+    server, port = await start_server(service, config.host, config.port)
+    http = await _start_http(service, config.host, config.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "worker %s (%s, %s) serving gRPC on %s:%d",
+        engine.model_info.name,
+        engine.role,
+        device,
+        config.host,
+        port,
+    )
+    try:
+        await stop.wait()
+        log.info("stopping: draining in-flight work (up to %.0fs)", config.drain_timeout_s)
+        try:
+            await asyncio.wait_for(service.drain(), config.drain_timeout_s)
+        except TimeoutError:
+            log.warning("drain timed out; stopping with work in flight")
+    finally:
+        await server.stop(grace=2.0)
+        if http is not None:
+            await http.cleanup()
+        await peers.close()
+        await engine.shutdown()
+    log.info("worker stopped")
+
+
+async def _start_http(service: WorkerService, host: str, port: int | None) -> web.AppRunner | None:
+    if port is None:
+        return None
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def health(_request: web.Request) -> web.Response:
+        state = "draining" if service.draining else "serving"
+        body = {"status": state, "role": service.engine.role}
+        return web.json_response(body, status=503 if service.draining else 200)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
