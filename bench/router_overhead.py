@@ -38,18 +38,18 @@ VOCAB = 1536
 
 
 class InstantWorker(pb_grpc.WorkerServiceServicer):
-    async def Health(self, request, context):  # noqa: N802
+    async def Health(self, request, context):
         return pb.HealthResponse(status=pb.HealthResponse.SERVING, role="both")
 
-    async def Info(self, request, context):  # noqa: N802
+    async def Info(self, request, context):
         model = pb.ModelInfo(name="tiny-llama", max_model_len=2048, vocab_size=VOCAB, eos_token_ids=[1],
                              block_size=16, num_layers=4, num_kv_heads=2, head_dim=16, kv_dtype="float32")
         return pb.InfoResponse(model=model, role="both", kv_transports=["grpc"], host_id="bench")
 
-    async def Load(self, request, context):  # noqa: N802
+    async def Load(self, request, context):
         return pb.LoadResponse(role="both", kv_blocks_total=1000, kv_blocks_free=1000)
 
-    async def Generate(self, request, context):  # noqa: N802
+    async def Generate(self, request, context):
         n = request.sampling.max_tokens
         prompt = list(request.prompt_token_ids)
         for i in range(n):
@@ -58,7 +58,7 @@ class InstantWorker(pb_grpc.WorkerServiceServicer):
                                 finished=last, finish_reason="length" if last else "",
                                 num_prompt_tokens=len(prompt))
 
-    async def Cancel(self, request, context):  # noqa: N802
+    async def Cancel(self, request, context):
         return pb.CancelResponse()
 
 
@@ -160,7 +160,9 @@ async def _throughput(url: str, router_pid: int, concurrency: int, seconds: floa
 
 
 async def _main(args: argparse.Namespace) -> dict[str, object]:
-    from tandem.models.tiny import ensure_tiny_model  # the tokenizer folder (imports torch; bench only)
+    from tandem.models.tiny import (
+        ensure_tiny_model,  # the tokenizer folder (imports torch; bench only)
+    )
 
     model_dir = ensure_tiny_model()
     port_file = Path(args.workdir) / "fake-worker.port"
