@@ -112,16 +112,16 @@ class Engine:
         prompt = list(prompt_token_ids)
         if not prompt:
             raise InvalidRequest("prompt", "must contain at least one token")
-        vocab = self.runner.config.vocab_size
-        for t in prompt:
-            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
-                raise InvalidRequest("prompt", f"token id {t!r} is outside the vocabulary [0, {vocab})")
         if len(prompt) >= self.max_model_len:
             raise InvalidRequest(
                 "prompt",
                 f"has {len(prompt)} tokens but the model's context is {self.max_model_len} "
                 "(prompt plus at least one generated token)",
             )
+        vocab = self.runner.config.vocab_size
+        for t in prompt:
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
+                raise InvalidRequest("prompt", f"token id {t!r} is outside the vocabulary [0, {vocab})")
         need = -(-(len(prompt) + 1) // self.pool.block_size)
         if need > self.pool.num_blocks:
             raise InvalidRequest(

@@ -1,0 +1,165 @@
+"""Nothing leaks and bad input never kills the engine loop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from tandem.sampling import InvalidRequest, SamplingParams
+from tandem.worker.async_engine import AsyncEngine
+from tandem.worker.config import EngineConfig
+from tandem.worker.engine import Engine
+from tandem.worker.errors import Draining
+from tests.worker.conftest import ModelFactory
+
+
+def test_blocks_return_to_zero_across_1000_short_requests(tiny_model: ModelFactory) -> None:
+    e = Engine(
+        EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=48, max_num_seqs=64)
+    )
+    rng = random.Random(0)
+    peak_cached = []
+    for wave in range(10):
+        ids = []
+        for i in range(100):
+            rid = f"w{wave}-{i}"
+            n = rng.randint(1, 40)
+            e.add_request(
+                rid,
+                [rng.randrange(3, 1000) for _ in range(n)],
+                SamplingParams(max_tokens=rng.randint(1, 4), temperature=0.0),
+            )
+            ids.append(rid)
+        steps = 0
+        while e.has_work():
+            e.step()
+            steps += 1
+            if steps == 3:  # cancel a tenth of the wave mid-flight
+                for rid in ids[::10]:
+                    e.abort(rid)
+        assert e.pool.num_used == 0, f"wave {wave} leaked {e.pool.num_used} blocks"
+        assert not e.scheduler.requests
+        peak_cached.append(e.pool.num_cached)
+    # Cached (free, reusable) blocks are bounded by the pool, not by traffic.
+    assert max(peak_cached) <= 48
+
+
+@pytest.mark.parametrize(
+    ("prompt", "field", "message"),
+    [
+        ([], "prompt", "at least one token"),
+        (list(range(3, 3 + 2048)), "prompt", "context is 2048"),
+        ([5, 10**6], "prompt", "outside the vocabulary"),
+        ([5, -1], "prompt", "outside the vocabulary"),
+    ],
+)
+def test_bad_prompts_are_rejected_with_a_named_field(
+    tiny_model: ModelFactory, prompt: list[int], field: str, message: str
+) -> None:
+    e = Engine(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=256))
+    with pytest.raises(InvalidRequest, match=message) as info:
+        e.add_request("bad", prompt, SamplingParams())
+    assert info.value.field == field
+    assert not e.has_work()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"temperature": -0.5}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"top_k": -3}, "top_k"),
+        ({"temperature": float("nan")}, "temperature"),
+    ],
+)
+def test_invalid_sampling_values_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        SamplingParams(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_prompt_larger_than_the_pool_is_rejected_up_front(tiny_model: ModelFactory) -> None:
+    e = Engine(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=2, block_size=16))
+    with pytest.raises(InvalidRequest, match="pool holds 2"):
+        e.add_request("big", list(range(3, 60)), SamplingParams())
+
+
+async def test_async_engine_serves_good_requests_after_bad_ones(tiny_model: ModelFactory) -> None:
+    eng = AsyncEngine.start(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=64))
+    try:
+        for bad in ([], [10**7], list(range(3, 3000))):
+            with pytest.raises(InvalidRequest):
+                async for _ in eng.generate(f"bad{len(bad)}", bad, SamplingParams()):
+                    pass
+        outs = [
+            o
+            async for o in eng.generate(
+                "good", [5, 6, 7], SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
+            )
+        ]
+        assert sum(len(o.new_token_ids) for o in outs) == 5
+        assert outs[-1].finished and outs[-1].finish_reason == "length"
+        assert eng.load()[0].kv_blocks_used == 0
+    finally:
+        await eng.shutdown()
+
+
+async def test_consumer_that_stops_early_frees_blocks(tiny_model: ModelFactory) -> None:
+    eng = AsyncEngine.start(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=64))
+    try:
+        stream = eng.generate(
+            "x",
+            list(range(3, 40)),
+            SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True),
+        )
+        async for _ in stream:
+            break
+        await stream.aclose()
+        for _ in range(50):
+            if eng.load()[0].kv_blocks_used == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert eng.load()[0].kv_blocks_used == 0
+    finally:
+        await eng.shutdown()
+
+
+async def test_role_change_drains_without_reload(tiny_model: ModelFactory) -> None:
+    eng = AsyncEngine.start(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=64))
+    try:
+        model_before = eng.engine.runner.model
+        stream = eng.generate(
+            "x", [5, 6, 7], SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+        )
+        consume = asyncio.ensure_future(_collect(stream))
+        await asyncio.sleep(0)
+        await eng.set_role("decode")
+        tokens = await consume
+        assert len(tokens) == 20  # the in-flight request finished before the switch
+        assert eng.role == "decode" and eng.engine.runner.model is model_before
+        await eng.drain()
+        with pytest.raises(Draining):
+            async for _ in eng.generate("y", [5], SamplingParams()):
+                pass
+        eng.resume()
+        assert (
+            len(
+                await _collect(
+                    eng.generate("z", [5], SamplingParams(max_tokens=2, ignore_eos=True))
+                )
+            )
+            == 2
+        )
+    finally:
+        await eng.shutdown()
+
+
+async def _collect(stream: object) -> list[int]:
+    out: list[int] = []
+    async for o in stream:  # type: ignore[attr-defined]
+        out.extend(o.new_token_ids)
+    return out
