@@ -9,6 +9,7 @@ agree with `transformers.AutoTokenizer` on the same folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
+_CLEAN_UP_BPE = "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"
 
 
 class TokenizerFormatError(ValueError):
@@ -43,6 +45,9 @@ class TokenizerSettings:
     special_tokens: dict[str, str]  # "bos_token" -> "<s>", ... (only those set)
     chat_template: str | None
     clean_up_tokenization_spaces: bool
+    # transformers skips that clean-up for BPE vocabularies (it deletes real
+    # spaces before punctuation) unless this override is set; so do we.
+    clean_up_bpe: bool = False
 
 
 def parse_tokenizer_config(raw: Any, source: str) -> TokenizerSettings:
@@ -59,12 +64,14 @@ def parse_tokenizer_config(raw: Any, source: str) -> TokenizerSettings:
         if not isinstance(value, str):
             raise TokenizerFormatError(f"{source}: field '{name}' must be a string, got {value!r}")
         special[name] = value
-    cleanup = raw.get("clean_up_tokenization_spaces", False)
-    if not isinstance(cleanup, bool):
-        raise TokenizerFormatError(
-            f"{source}: field 'clean_up_tokenization_spaces' must be true or false"
-        )
-    return TokenizerSettings(special, _chat_template(raw.get("chat_template"), source), cleanup)
+    flags = []
+    for name in ("clean_up_tokenization_spaces", _CLEAN_UP_BPE):
+        value = raw.get(name, False)
+        if not isinstance(value, bool):
+            raise TokenizerFormatError(f"{source}: field '{name}' must be true or false")
+        flags.append(value)
+    template = _chat_template(raw.get("chat_template"), source)
+    return TokenizerSettings(special, template, flags[0], flags[1])
 
 
 def _chat_template(value: Any, source: str) -> str | None:
@@ -116,6 +123,10 @@ class Tokenizer:
         ids = [*extra_eos_ids, *([] if eos is None else [eos])]
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(ids))
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+        is_bpe = type(backend.model).__name__ == "BPE"
+        self._clean_up = settings.clean_up_tokenization_spaces and (
+            settings.clean_up_bpe or not is_bpe
+        )
         self._template = (
             None if settings.chat_template is None else _compile_template(settings.chat_template)
         )
@@ -136,9 +147,7 @@ class Tokenizer:
         template_path = folder / CHAT_TEMPLATE_FILE
         if settings.chat_template is None and template_path.is_file():
             template = template_path.read_text(encoding="utf-8")
-            settings = TokenizerSettings(
-                settings.special_tokens, template, settings.clean_up_tokenization_spaces
-            )
+            settings = dataclasses.replace(settings, chat_template=template)
         return cls(backend, settings, _model_eos_ids(folder), source=str(folder))
 
     def _special_id(self, name: str) -> int | None:
@@ -161,7 +170,7 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         text = self._decode_raw(ids, skip_special_tokens)
-        return clean_up_tokenization(text) if self.settings.clean_up_tokenization_spaces else text
+        return clean_up_tokenization(text) if self._clean_up else text
 
     def _decode_raw(self, ids: Iterable[int], skip_special_tokens: bool) -> str:
         return str(self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens))

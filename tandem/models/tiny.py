@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,19 @@ import torch
 
 from tandem import env
 from tandem.models.config import ARCHS, HF_NAMES
+from tandem.models.tiny_tokenizer import (
+    BOS,
+    EOS,
+    IM_END,
+    PAD,
+    SPECIAL_TOKENS,
+    tokenizer_config,
+    train_tokenizer,
+)
 from tandem.models.weights import save_weights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_NAME = "tiny-llama"
-
-BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-# Ids follow list order: bos 0, eos 1, pad 2, im_start 3, im_end 4.
-SPECIAL_TOKENS = (BOS, EOS, PAD, IM_START, IM_END)
-TOKENIZER_VOCAB = 1536
 
 
 @dataclass(frozen=True)
@@ -170,10 +172,13 @@ def write_tiny_model(
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{folder} exists and is not an empty folder")
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(add_bos=_adds_bos(arch))
+    tokenizer = train_tokenizer(arch)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     tokenizer.save(str(folder / "tokenizer.json"))
-    _write_json(folder / "tokenizer_config.json", _tokenizer_config(arch))
+    _write_json(
+        folder / "tokenizer_config.json",
+        tokenizer_config(arch, _shape(arch).max_position_embeddings),
+    )
     _write_json(folder / "config.json", hf_config(arch, vocab_size, dtype, tie_embeddings))
     _write_json(
         folder / "generation_config.json",
@@ -213,53 +218,3 @@ def ensure_tiny_model(dest: Path | None = None) -> Path:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _data_text(name: str) -> str:
-    return resources.files("tandem.models").joinpath("data", name).read_text(encoding="utf-8")
-
-
-def _tokenizer_config(arch: str) -> dict[str, Any]:
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": BOS if _adds_bos(arch) else None,
-        "eos_token": EOS,
-        "pad_token": PAD,
-        "unk_token": None,
-        "model_max_length": _shape(arch).max_position_embeddings,
-        "clean_up_tokenization_spaces": False,
-        "chat_template": _data_text("chat_template.jinja"),
-    }
-
-
-def _adds_bos(arch: str) -> bool:
-    # Like Qwen's, the qwen variants' tokenizers add no BOS; llama and mistral do.
-    return arch in ("llama", "mistral")
-
-
-def train_tokenizer(add_bos: bool = True) -> Any:
-    """Byte-level BPE trained on the shipped corpus (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_data_text("corpus.txt").splitlines(keepends=True), trainer)
-    steps: list[Any] = [processors.ByteLevel(trim_offsets=False)]
-    if add_bos:
-        steps.append(
-            processors.TemplateProcessing(
-                single=f"{BOS} $A",
-                pair=f"{BOS} $A {BOS} $B",
-                special_tokens=[(BOS, SPECIAL_TOKENS.index(BOS))],
-            )
-        )
-    tokenizer.post_processor = processors.Sequence(steps)
-    return tokenizer
