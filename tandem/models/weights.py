@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,35 +24,32 @@ SINGLE_FILE = "model.safetensors"
 
 
 def weight_files(model_dir: str | Path) -> list[Path]:
-    """The weight files of a folder, in a stable order (index order if indexed)."""
+    """The weight files of a folder, in a stable order."""
     folder = Path(model_dir)
     index_path = folder / INDEX_FILE
     if index_path.exists():
-        names = _index_files(index_path)
-        files = [folder / name for name in names]
-        for path in files:
-            if not path.is_file():
-                raise ModelFormatError(f"{index_path}: lists {path.name}, which does not exist")
-        return files
+        return [folder / name for name in sorted(set(_weight_map(index_path).values()))]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelFormatError(f"no *.safetensors weights file in model folder {folder}")
     return files
 
 
-def _index_files(index_path: Path) -> list[str]:
+def _weight_map(index_path: Path) -> dict[str, str]:
+    """tensor name -> file name, every listed file present."""
     index = read_json(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelFormatError(f"{index_path}: field 'weight_map' must be a non-empty object")
-    names: dict[str, None] = {}
     for tensor, name in weight_map.items():
         if not isinstance(name, str) or "/" in name or "\\" in name:
             raise ModelFormatError(
                 f"{index_path}: field 'weight_map.{tensor}' must be a file name, got {name!r}"
             )
-        names[name] = None
-    return sorted(names)
+    for name in set(weight_map.values()):
+        if not (index_path.parent / name).is_file():
+            raise ModelFormatError(f"{index_path}: lists {name}, which does not exist")
+    return weight_map
 
 
 def iter_weights(
@@ -59,29 +57,51 @@ def iter_weights(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) for every tensor of the folder, floating-point ones
     cast to `dtype`, all placed on `device`."""
-    for path in weight_files(model_dir):
-        for name, tensor in _read_file(path):
+    folder = Path(model_dir)
+    index_path = folder / INDEX_FILE
+    weight_map = _weight_map(index_path) if index_path.exists() else None
+    seen: dict[str, Path] = {}
+    for path in weight_files(folder):
+        handle, names = _open(path)
+        for name in names:
+            if name in seen:
+                raise ModelFormatError(f"{path}: tensor {name!r} is also in {seen[name]}")
+            seen[name] = path
+        if weight_map is not None:
+            _check_listed(index_path, weight_map, path.name, names)
+        for name in names:
+            tensor = _get(handle, path, name)
             if tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             yield name, tensor.to(device)
 
 
-def _read_file(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Tensors of one file, on CPU; only read failures become ModelFormatError
-    (a device error while placing a tensor is not the file's fault)."""
+def _check_listed(
+    index_path: Path, weight_map: dict[str, str], file_name: str, names: list[str]
+) -> None:
+    listed = {t for t, f in weight_map.items() if f == file_name}
+    missing = sorted(listed - set(names))
+    if missing:
+        raise ModelFormatError(f"{index_path}: tensor {missing[0]!r} is not in {file_name}")
+
+
+def _open(path: Path) -> tuple[Any, list[str]]:
+    # Read failures name the file; a device error while placing a tensor later
+    # is not the file's fault and passes through unchanged.
     try:
         # Opening on CPU and handing out one tensor at a time keeps peak host
         # memory at one tensor, not one file.
         handle = safe_open(str(path), framework="pt", device="cpu")
-        names = list(handle.keys())
+        return handle, list(handle.keys())
     except (SafetensorError, OSError) as exc:
         raise ModelFormatError(f"{path}: cannot read safetensors file: {exc}") from exc
-    for name in names:
-        try:
-            tensor = handle.get_tensor(name)
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise ModelFormatError(f"{path}: cannot read tensor {name!r}: {exc}") from exc
-        yield name, tensor
+
+
+def _get(handle: Any, path: Path, name: str) -> torch.Tensor:
+    try:
+        return handle.get_tensor(name)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ModelFormatError(f"{path}: cannot read tensor {name!r}: {exc}") from exc
 
 
 def save_weights(

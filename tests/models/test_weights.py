@@ -105,3 +105,31 @@ def test_bad_index(tmp_path: Path, index: dict[str, object], message: str) -> No
     (tmp_path / INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(ModelFormatError, match=re.escape(f"{tmp_path / INDEX_FILE}: {message}")):
         weight_files(tmp_path)
+
+
+def test_index_tensor_missing_from_its_file(tmp_path: Path) -> None:
+    save_weights(sample_tensors(), tmp_path, max_shard_bytes=1024)
+    index_path = tmp_path / INDEX_FILE
+    index = json.loads(index_path.read_text())
+    index["weight_map"]["model.ghost.weight"] = "model-00002-of-00002.safetensors"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(
+        ModelFormatError,
+        match=re.escape(
+            f"{index_path}: tensor 'model.ghost.weight' is not in model-00002-of-00002.safetensors"
+        ),
+    ):
+        list(iter_weights(tmp_path, torch.float32))
+
+
+def test_tensor_in_two_files(tmp_path: Path) -> None:
+    save_weights(sample_tensors(), tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "a.safetensors")
+    save_weights({"model.norm.weight": torch.ones(8)}, tmp_path)
+    with pytest.raises(
+        ModelFormatError,
+        match=re.escape(
+            f"{tmp_path / 'model.safetensors'}: tensor 'model.norm.weight' is also in {tmp_path / 'a.safetensors'}"
+        ),
+    ):
+        list(iter_weights(tmp_path, torch.float32))
