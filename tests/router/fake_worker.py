@@ -40,24 +40,24 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
     cancelled: list[str] = field(default_factory=list)
     sampling: dict[str, pb.SamplingParams] = field(default_factory=dict)
 
-    async def Health(self, request, context):  # noqa: N802
+    async def Health(self, request, context):
         return pb.HealthResponse(status=pb.HealthResponse.SERVING, role=self.role)
 
-    async def Info(self, request, context):  # noqa: N802
+    async def Info(self, request, context):
         model = pb.ModelInfo(
             name="fake-model", max_model_len=self.max_model_len, vocab_size=VOCAB, eos_token_ids=[EOS],
             block_size=16, num_layers=2, num_kv_heads=1, head_dim=8, kv_dtype="float32",
         )
         return pb.InfoResponse(model=model, role=self.role, kv_transports=["grpc"], host_id="h")
 
-    async def Load(self, request, context):  # noqa: N802
+    async def Load(self, request, context):
         hits = self.prefix_hits if request.prompt_token_ids else 0
         return pb.LoadResponse(
             role=self.role, waiting=0, running=len(self.live), kv_blocks_total=100,
             kv_blocks_used=len(self.live), kv_blocks_free=100 - len(self.live), prefix_hit_tokens=hits,
         )
 
-    async def Generate(self, request, context) -> AsyncIterator[pb.TokenChunk]:  # noqa: N802
+    async def Generate(self, request, context) -> AsyncIterator[pb.TokenChunk]:
         rid, prompt = request.request_id, tuple(request.prompt_token_ids)
         self.calls.append(("Generate", rid))
         if not prompt:
@@ -70,7 +70,7 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
         finally:
             self.live.discard(rid)
 
-    async def Reserve(self, request, context):  # noqa: N802
+    async def Reserve(self, request, context):
         rid = request.request_id
         self.calls.append(("Reserve", rid))
         self.reserved[rid] = tuple(request.prompt_token_ids)
@@ -79,7 +79,7 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
         n = -(-len(request.prompt_token_ids) // 16)
         return pb.ReserveResponse(request_id=rid, block_ids=list(range(n)), kv_transports=["grpc"], host_id="h")
 
-    async def Prefill(self, request, context):  # noqa: N802
+    async def Prefill(self, request, context):
         rid, prompt = request.request_id, tuple(request.prompt_token_ids)
         self.calls.append(("Prefill", rid))
         self.live.add(rid)
@@ -97,7 +97,7 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
         finally:
             self.live.discard(rid)
 
-    async def Decode(self, request, context) -> AsyncIterator[pb.TokenChunk]:  # noqa: N802
+    async def Decode(self, request, context) -> AsyncIterator[pb.TokenChunk]:
         rid = request.request_id
         self.calls.append(("Decode", rid))
         if rid not in self.reserved or rid not in IMPORTED.get(self.address, set()):
@@ -110,7 +110,7 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
             self.live.discard(rid)
             self.reserved.pop(rid, None)
 
-    async def Cancel(self, request, context):  # noqa: N802
+    async def Cancel(self, request, context):
         self.cancelled.append(request.request_id)
         self.live.discard(request.request_id)
         self.reserved.pop(request.request_id, None)

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.router.api_request import ApiRequest, check_model, parse_json, parse_request, sampling_params
+from tandem.router.api_request import (
+    ApiRequest,
+    check_model,
+    parse_json,
+    parse_request,
+    sampling_params,
+)
 from tandem.router.errors import BadRequest, ModelNotFound
 from tandem.sampling import InvalidRequest
 

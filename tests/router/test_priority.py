@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from tandem.router.errors import BadRequest
-from tandem.router.priority import PriorityClass, default_class, parse_classes, parse_duration, resolve
+from tandem.router.priority import (
+    PriorityClass,
+    default_class,
+    parse_classes,
+    parse_duration,
+    resolve,
+)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("1s", 1.0), ("250ms", 0.25), ("0.5", 0.5), ("2m", 120.0)])

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.router.selection import Load, WorkerView, blocks_needed, disaggregate, pick_decode, pick_prefill
+from tandem.router.selection import (
+    Load,
+    WorkerView,
+    blocks_needed,
+    disaggregate,
+    pick_decode,
+    pick_prefill,
+)
 
 
 def w(name: str, role: str = "decode", up: bool = True, inflight: int = 0, free: int = 100, running: int = 0,
