@@ -121,6 +121,9 @@ class EndpointSliceDiscovery:
     async def start(self) -> None:
         self._api = await asyncio.to_thread(_client, self._api_arg)
         await asyncio.to_thread(self._relist)  # the first snapshot is complete on return
+        self._spawn()
+
+    def _spawn(self) -> None:
         self._stopping.clear()
         self._thread = threading.Thread(
             target=self._run, name=f"endpointslices-{self.pool}", daemon=True
