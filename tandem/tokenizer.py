@@ -215,8 +215,11 @@ class IncrementalDetokenizer:
     what it adds to `ids[prefix:read]`; text ending in U+FFFD (an incomplete
     UTF-8 sequence, so far) is held back until a later token completes it.
 
-    The concatenated pieces plus `flush()` equal `decode(all ids)` (without the
-    optional `clean_up_tokenization_spaces` pass, which is not local).
+    The concatenated pieces plus `flush()` equal `decode(all ids)`, with two
+    exceptions that no stream can honour: the optional
+    `clean_up_tokenization_spaces` pass (not local), and byte-fallback
+    vocabularies given a run of byte tokens that is not valid UTF-8 (their
+    decoder then turns every byte of the run into U+FFFD, retroactively).
     `context_ids` (e.g. the prompt's last tokens) set the left context of the
     first window and are not themselves emitted.
     """

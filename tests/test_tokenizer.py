@@ -155,6 +155,87 @@ def test_incremental_detokenizer_accepts_batches_and_context(pair: tuple[Tokeniz
     assert detok.add(reply[:2]) + detok.add(reply[2:]) + detok.flush() == " low that summer."
 
 
+def sentencepiece_like() -> Tokenizer:
+    """A Llama-2/Mistral-style vocabulary: '▁' marks spaces, bytes fall back to
+    <0xNN> tokens, and the decoder drops the leading space of a text."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, normalizers
+
+    from tandem.tokenizer import TokenizerSettings
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for piece in [
+        "▁",
+        "▁the",
+        "▁a",
+        "▁hello",
+        "hello",
+        "▁world",
+        "s",
+        "t",
+        ",",
+        ".",
+        "▁café",
+        "é",
+        "🙂",
+    ]:
+        vocab[piece] = len(vocab)
+    backend = Backend(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    backend.add_special_tokens(["<s>", "</s>"])
+    return Tokenizer(
+        backend, TokenizerSettings({"bos_token": "<s>", "eos_token": "</s>"}, None, False)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chunks=st.lists(
+        st.one_of(st.text(max_size=8), st.sampled_from([1, 2, 259, 260, 261, 262, 270])), max_size=8
+    ),
+    skip=st.booleans(),
+)
+def test_incremental_detokenizer_on_sentencepiece_style_decoder(
+    chunks: list[str | int], skip: bool
+) -> None:
+    # Byte-fallback decoders turn a whole run of byte tokens into U+FFFD per
+    # byte when the run is not valid UTF-8, retroactively; streams of valid
+    # text (as models emit) must match exactly, so runs come from real text.
+    tok = _SENTENCEPIECE
+    ids: list[int] = []
+    for chunk in chunks:
+        ids += tok.encode(chunk, add_special_tokens=False) if isinstance(chunk, str) else [chunk]
+    detok = tok.detokenizer(skip_special_tokens=skip)
+    pieces = [detok.add(i) for i in ids]
+    pieces.append(detok.flush())
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=skip)
+
+
+def test_sentencepiece_style_leading_space_and_context() -> None:
+    tok = _SENTENCEPIECE
+    hello, world = tok.token_to_id("▁hello"), tok.token_to_id("▁world")
+    assert hello is not None and world is not None
+    detok = tok.detokenizer()
+    assert [detok.add(hello), detok.add(world)] == ["hello", " world"]
+    # After a prompt, the first reply token keeps its space.
+    after_prompt = tok.detokenizer(context_ids=[1, hello])
+    assert after_prompt.add(world) == " world"
+
+
+_SENTENCEPIECE = sentencepiece_like()
+
+
 def _byte_token(byte: int) -> str:
     """The byte-level alphabet's printable stand-in for one byte (GPT-2 scheme)."""
     printable = [
