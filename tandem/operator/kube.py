@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s
@@ -36,10 +35,12 @@ OWNED_KINDS: dict[str, tuple[str, str]] = {
 POOL_PREFIX = f"/apis/{api.GROUP}/{api.VERSION}"
 
 
-@dataclass(frozen=True)
 class KubeError(Exception):
-    status: int
-    message: str
+    """An API call failed; `status` is the HTTP status, 0 when no answer came."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status, self.message = status, message
 
     @property
     def transient(self) -> bool:
