@@ -171,3 +171,14 @@ def test_ensure_tiny_model_creates_once_under_tandem_home(
     assert digests(folder) == before
     # No staging folders are left behind.
     assert [p.name for p in folder.parent.iterdir()] == ["tiny-llama"]
+
+
+def test_ensure_tiny_model_concurrent_callers_agree(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    dest = tmp_path / "cache" / "tiny"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: ensure_tiny_model(dest), range(3)))
+    assert results == [dest] * 3
+    assert load_config(dest).arch == "llama"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tiny"]
