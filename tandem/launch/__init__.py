@@ -1,0 +1,3 @@
+"""Starting and supervising Tandem's processes for `tandem serve`: local
+child processes (`local`) or Ray actors (`ray`), with one plan (`spec`), one
+restart policy (`supervisor`) and one readiness check (`readiness`)."""
