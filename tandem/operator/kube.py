@@ -110,7 +110,11 @@ class Kube:
             for item in listing.get("items") or ():
                 owners = item["metadata"].get("ownerReferences") or ()
                 if any(o.get("uid") == pool.uid and o.get("controller") for o in owners):
+                    # List items carry neither; the manifests they are compared with do.
                     item.setdefault("kind", kind)
+                    item.setdefault(
+                        "apiVersion", prefix.removeprefix("/api/").removeprefix("/apis/")
+                    )
                     found[(kind, item["metadata"]["name"])] = item
         return found
 
