@@ -36,17 +36,22 @@ class AttentionMetadata:
     on_layer_stored: Callable[[int], None] | None = None
 
 
-def paged_attention(
+def rope_store_attend(
     layer_idx: int,
-    q: torch.Tensor,  # [T, num_heads, head_dim]
-    k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    q: torch.Tensor,  # [T, num_heads, head_dim], before RoPE
+    k: torch.Tensor,  # [T, num_kv_heads, head_dim], before RoPE
     v: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    positions: torch.Tensor,  # [T] int64
+    cos: torch.Tensor,  # [max_pos, head_dim // 2] float32
+    sin: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:  # [T, num_heads, head_dim]
-    ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    """RoPE on q/k and the K/V store in one fused op, then paged attention
+    over everything the sequences have cached (including this step's tokens)."""
+    q = ops.rotary_store_kv(q, k, v, positions, cos, sin, k_cache, v_cache, meta.slot_mapping)
     if meta.on_layer_stored is not None:
         meta.on_layer_stored(layer_idx)
     if meta.decode_only:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tandem.kernels import ops
-from tandem.models.attention import AttentionMetadata, paged_attention
+from tandem.models.attention import AttentionMetadata, rope_store_attend
 from tandem.models.config import ModelConfig, ModelFormatError
 from tandem.models.rope import cos_sin_tables
 
@@ -65,9 +65,9 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q.reshape(-1, self.head_dim))[0].view_as(q)
             k = self.k_norm(k.reshape(-1, self.head_dim))[0].view_as(k)
-        q = ops.rotary(q, positions, cos, sin)
-        k = ops.rotary(k, positions, cos, sin)
-        o = paged_attention(self.layer_idx, q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
+        o = rope_store_attend(
+            self.layer_idx, q, k, v, positions, cos, sin, kv_cache[0], kv_cache[1], meta, self.scale
+        )
         return self.o_proj(o.reshape(t, self.q_size))
 
 

@@ -24,6 +24,8 @@ class EngineConfig:
     role: Role = "both"
     seed: int = 0
     reservation_ttl_s: float = 60.0  # unclaimed decode reservations are freed after this
+    load_format: str = "safetensors"  # or "dummy": random weights of the config's shape (benchmarks)
+    cuda_graph_max_batch: int = 128  # decode steps up to this batch replay CUDA graphs; 0 = eager
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -36,5 +38,9 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.load_format not in ("safetensors", "dummy"):
+            raise ValueError(f"load_format must be safetensors or dummy, got {self.load_format!r}")
+        if self.cuda_graph_max_batch < 0:
+            raise ValueError(f"cuda_graph_max_batch must be >= 0, got {self.cuda_graph_max_batch}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 KVSink = Callable[[KVChunk], None]
 
 
+@dataclass(frozen=True)
+class StepStats:
+    phase: str  # "prefill" (any prompt tokens in the step) or "decode"
+    num_tokens: int
+    num_seqs: int
+    seconds: float
+
+
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -46,6 +55,8 @@ class Engine:
             max_model_len=config.max_model_len,
             num_kv_blocks=config.num_kv_blocks,
             kv_cache_bytes=config.kv_cache_bytes,
+            load_format=config.load_format,
+            cuda_graph_max_batch=min(config.cuda_graph_max_batch, config.max_num_seqs),
         )
         cfg = self.runner.config
         self.max_model_len = self.runner.max_model_len
@@ -74,6 +85,7 @@ class Engine:
         self._sinks: dict[str, KVSink] = {}
         self._reserved: dict[str, tuple[Request, float]] = {}
         self._arrivals = 0
+        self.last_step: StepStats | None = None
         metrics.KV_BLOCKS_TOTAL.set(self.pool.num_blocks)
 
     # ----- admission -----------------------------------------------------
@@ -188,6 +200,7 @@ class Engine:
         metrics.BUSY_SECONDS.inc(dt)
         metrics.STEP_SECONDS.labels(phase).observe(dt)
         metrics.TOKENS.labels(phase).inc(sched.num_tokens)
+        self.last_step = StepStats(phase, sched.num_tokens, len(sched.seqs), dt)
         outputs = [self._after_token(req) for req in self.scheduler.update(sampled)]
         self._update_gauges()
         return outputs

@@ -18,6 +18,7 @@ from tandem.models.attention import AttentionMetadata
 from tandem.models.config import ModelConfig, load_config
 from tandem.models.llama import LlamaForCausalLM
 from tandem.models.weights import iter_weights
+from tandem.worker.decode_graphs import DecodeGraphs
 from tandem.worker.sampler import SampleSpec, sample
 from tandem.worker.scheduler import ScheduleOutput
 
@@ -62,6 +63,8 @@ class ModelRunner:
         max_model_len: int | None,
         num_kv_blocks: int | None,
         kv_cache_bytes: int | None,
+        load_format: str = "safetensors",
+        cuda_graph_max_batch: int = 0,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = load_config(self.model_dir)
@@ -79,7 +82,12 @@ class ModelRunner:
         with torch.device("meta"):
             model = LlamaForCausalLM(cfg, self.max_model_len)
         model = model.to_empty(device=self.device).to(self.dtype)
-        model.load_weights(iter_weights(self.model_dir, self.dtype, self.device), str(self.model_dir))
+        if load_format == "dummy":
+            _random_init(model)
+        elif load_format == "safetensors":
+            model.load_weights(iter_weights(self.model_dir, self.dtype, self.device), str(self.model_dir))
+        else:
+            raise ValueError(f"load_format must be safetensors or dummy, got {load_format!r}")
         model.init_rope(self.device)
         self.model = model.eval()
 
@@ -92,6 +100,13 @@ class ModelRunner:
             )
             for _ in range(cfg.num_hidden_layers)
         ]
+        self.graphs: DecodeGraphs | None = None
+        if cuda_graph_max_batch > 0 and self.device.type == "cuda":
+            self.graphs = DecodeGraphs(
+                self.model, self.kv_caches, cuda_graph_max_batch,
+                -(-self.max_model_len // block_size), self.device,
+            )  # fmt: skip
+            self.graphs.capture()
         log.info(
             "model %s on %s/%s: %d KV blocks of %d tokens (%.1f MiB)",
             self.model_dir.name, self.device, self.dtype, self.num_kv_blocks, block_size,
@@ -135,13 +150,44 @@ class ModelRunner:
         on_layer_stored: Callable[[int], None] | None = None,
     ) -> dict[str, int]:
         """Run one step; return the sampled token of each sequence that samples."""
-        inputs = self._prepare(sched, on_layer_stored)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
-        if not inputs.sample_ids:
-            return {}
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
-        tokens = sample(logits, [specs[r] for r in inputs.sample_ids], shared_generator)
-        return dict(zip(inputs.sample_ids, tokens, strict=True))
+        if self._graphable(sched, on_layer_stored):
+            hidden, sample_ids = self._run_graph(sched)
+            logits = self.model.compute_logits(hidden)
+        else:
+            inputs = self._prepare(sched, on_layer_stored)
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+            if not inputs.sample_ids:
+                return {}
+            sample_ids = inputs.sample_ids
+            logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        tokens = sample(logits, [specs[r] for r in sample_ids], shared_generator)
+        return dict(zip(sample_ids, tokens, strict=True))
+
+    def _graphable(self, sched: ScheduleOutput, on_layer_stored: Callable[[int], None] | None) -> bool:
+        return (
+            self.graphs is not None
+            and on_layer_stored is None
+            and sched.decode_only
+            and self.graphs.fits(len(sched.seqs), max(len(s.block_ids) for s in sched.seqs))
+        )
+
+    def _run_graph(self, sched: ScheduleOutput) -> tuple[torch.Tensor, list[str]]:
+        assert self.graphs is not None
+        bs = self.block_size
+        n = len(sched.seqs)
+        width = max(len(s.block_ids) for s in sched.seqs)
+        tables = torch.zeros((n, width), dtype=torch.int32)
+        pos = [s.start_pos for s in sched.seqs]
+        for i, s in enumerate(sched.seqs):
+            tables[i, : len(s.block_ids)] = torch.tensor(s.block_ids, dtype=torch.int32)
+        hidden = self.graphs.run(
+            torch.tensor([s.token_ids[0] for s in sched.seqs], dtype=torch.int64),
+            torch.tensor(pos, dtype=torch.int64),
+            torch.tensor([s.block_ids[p // bs] * bs + p % bs for s, p in zip(sched.seqs, pos, strict=True)], dtype=torch.int64),
+            torch.tensor([p + 1 for p in pos], dtype=torch.int32),
+            tables,
+        )
+        return hidden, [s.request_id for s in sched.seqs]
 
     def _prepare(self, sched: ScheduleOutput, on_layer_stored: Callable[[int], None] | None) -> _Inputs:
         bs = self.block_size
@@ -216,3 +262,15 @@ class _Inputs:
     logits_indices: torch.Tensor  # [num_sampled]
     sample_ids: list[str]
 
+
+
+@torch.no_grad()
+def _random_init(model: LlamaForCausalLM) -> None:
+    """Random weights in place (benchmarks of model shapes without a checkpoint)."""
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith("bias"):
+            p.zero_()
+        else:
+            p.normal_(0.0, 0.02)
