@@ -122,6 +122,7 @@ _GRPC_CODES = {
     405: grpc.StatusCode.UNIMPLEMENTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     502: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -142,7 +143,15 @@ class WorkerDown(UpstreamFailed):
         self.worker = worker
 
 
-_DOWN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+class WorkerTimeout(UpstreamFailed):
+    """A call ran past its deadline: the worker is slow (busy), not known to be gone."""
+
+    status = 504
+    error_type = "timeout"
+
+
+# A busy worker misses deadlines; only a broken connection means it is gone.
+_DOWN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError, worker: str) -> RouterError:
@@ -156,4 +165,6 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, worker: str) -> RouterError:
         return Unavailable(f"worker {worker} cannot take the request now: {detail}", retry_after_s=1)
     if code in _DOWN_CODES:
         return WorkerDown(worker, f"{code.name}: {detail}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return WorkerTimeout(f"worker {worker} did not answer in time: {detail}", retry_after_s=1)
     return UpstreamFailed(f"worker {worker} failed: {code.name}: {detail}")

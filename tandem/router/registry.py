@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tandem.router.discovery import Discovery, WorkerEndpoint
-from tandem.router.errors import RouterError, Unavailable
+from tandem.router.errors import RouterError, Unavailable, WorkerDown
 from tandem.router.selection import Load, WorkerView
 from tandem.router.worker_client import ModelFacts, WorkerClient
 
@@ -32,6 +32,7 @@ class _Worker:
     inflight_prefill_tokens: int = 0
     down_at: float | None = None  # time.monotonic() when a call failed; None = not known broken
     polled_ok: bool = False
+    last_ok: float = 0.0  # time.monotonic() of the last answered poll
 
 
 class WorkerRegistry:
@@ -41,12 +42,16 @@ class WorkerRegistry:
         *,
         poll_s: float = 0.5,
         down_hold_s: float = 1.0,
+        poll_timeout_s: float = 3.0,
+        stale_s: float = 15.0,
         on_change: Callable[[], None] = lambda: None,
         client_factory: ClientFactory = WorkerClient,
     ) -> None:
         self._discovery = discovery
         self._poll_s = poll_s
         self._down_hold_s = down_hold_s
+        self._poll_timeout_s = poll_timeout_s
+        self._stale_s = stale_s
         self._on_change = on_change
         self._client_factory = client_factory
         self._workers: dict[str, _Worker] = {}
@@ -146,16 +151,24 @@ class WorkerRegistry:
             self._on_change()
 
     async def _poll_one(self, name: str) -> bool:
+        """Refresh one worker; True when it came up. A refused connection takes it out
+        at once; a slow answer (the engine is busy) only after `stale_s` of silence."""
         w = self._workers[name]
         was_up = w.polled_ok and w.down_at is None
+        now = time.monotonic()
         try:
-            load, _ = await w.client.load(timeout=max(self._poll_s, 0.5))
-        except RouterError:
+            load, _ = await w.client.load(timeout=self._poll_timeout_s)
+        except WorkerDown:
             w.polled_ok = False
-            return was_up
+            return False
+        except RouterError:
+            if now - w.last_ok > self._stale_s:
+                w.polled_ok = False
+            return False
         w.load = load
         w.polled_ok = True
-        if w.down_at is not None and time.monotonic() - w.down_at >= self._down_hold_s:
+        w.last_ok = time.monotonic()
+        if w.down_at is not None and w.last_ok - w.down_at >= self._down_hold_s:
             log.info("worker %s is back", name)
             w.down_at = None
         return not was_up and w.down_at is None

@@ -19,8 +19,10 @@ from tandem.rpc.v1 import worker_pb2 as pb
 from tandem.rpc.v1 import worker_pb2_grpc as pb_grpc
 from tandem.sampling import SamplingParams
 
-#: Deadline for small control calls (Health, Load, Reserve, Cancel).
+#: Deadline for small control calls (Health, Load, Cancel).
 CONTROL_TIMEOUT_S = 2.0
+#: Reserve waits for the engine's lock, which a long prefill step may hold for a while.
+RESERVE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class WorkerClient:
             yield event
 
     async def reserve(
-        self, request_id: str, prompt: Sequence[int], params: SamplingParams, timeout: float = CONTROL_TIMEOUT_S
+        self, request_id: str, prompt: Sequence[int], params: SamplingParams, timeout: float = RESERVE_TIMEOUT_S
     ) -> Reservation:
         req = pb.ReserveRequest(
             request_id=request_id, prompt_token_ids=list(prompt), sampling=sampling_message(params)
