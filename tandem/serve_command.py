@@ -148,6 +148,8 @@ async def serve(config: ServeConfig) -> int:
         config.worker_options,
     )  # fmt: skip
     launcher = await asyncio.to_thread(_make_launcher, config)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # again: ray.init replaces SIGTERM's handler
+        loop.add_signal_handler(sig, stop.set)
     procs: list[Supervised] = []
     try:
         workers = [await asyncio.to_thread(_worker, launcher, s) for s in specs]
