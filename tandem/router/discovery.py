@@ -36,8 +36,9 @@ class Discovery(Protocol):
     async def stop(self) -> None: ...
 
 
-#: address -> (serving, role); raises on an unreachable worker.
-Probe = Callable[[str], Awaitable[tuple[bool, str]]]
+#: address -> (serving, role); None when the worker is slow to answer (keep what
+#: is known: a busy worker is not a gone one); raises when it is unreachable.
+Probe = Callable[[str], Awaitable[tuple[bool, str] | None]]
 
 
 def parse_addresses(spec: str) -> tuple[str, ...]:
@@ -83,6 +84,8 @@ class StaticDiscovery:
             old = self._endpoints[address]
             if isinstance(result, BaseException):
                 new = WorkerEndpoint(address, address, old.role, False)
+            elif result is None:
+                new = old
             else:
                 serving, role = result
                 new = WorkerEndpoint(address, address, role if role in ROLES else old.role, serving)

@@ -13,7 +13,7 @@ import grpc
 from aiohttp import web
 
 from tandem.router.discovery import Discovery, StaticDiscovery
-from tandem.router.errors import BadRequest, RouterError
+from tandem.router.errors import BadRequest, RouterError, WorkerTimeout
 from tandem.router.generation import Detokenizer, Generation
 from tandem.router.grpc_server import start_grpc
 from tandem.router.http_server import Frontend, FrontendConfig, build_app
@@ -88,10 +88,12 @@ def make_discovery(config: RouterConfig) -> Discovery:
 
         return EndpointSliceDiscovery(namespace=config.namespace, pool=config.pool)  # type: ignore[no-any-return]
 
-    async def probe(address: str) -> tuple[bool, str]:
+    async def probe(address: str) -> tuple[bool, str] | None:
         client = WorkerClient(address, address)
         try:
-            return await client.health(timeout=1.0)
+            return await client.health(timeout=3.0)
+        except WorkerTimeout:
+            return None
         finally:
             await client.close()
 

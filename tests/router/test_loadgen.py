@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def test_bad_traces(tmp_path: Path, text: str, words: str) -> None:
 
 def test_shipped_trace_parses() -> None:
     rows = read_trace("/work/shared/traces/azure_conv_2023.csv", max_requests=50)
-    assert len(rows) == 50 and rows[0].at_s == 0 and all(b.at_s >= a.at_s for a, b in zip(rows, rows[1:]))
+    assert len(rows) == 50 and rows[0].at_s == 0 and all(b.at_s >= a.at_s for a, b in itertools.pairwise(rows))
 
 
 @pytest.mark.parametrize(

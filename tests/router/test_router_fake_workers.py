@@ -237,3 +237,23 @@ async def test_impossible_deadline_is_rejected_with_429() -> None:
 
 def test_fake_token_is_deterministic() -> None:
     assert fake_token([1, 2], 3) == fake_token([1, 2], 3) != EOS
+
+
+async def test_static_discovery_keeps_slow_workers_and_drops_unreachable_ones() -> None:
+    from tandem.router.discovery import StaticDiscovery
+
+    answers: dict[str, object] = {"a:1": (True, "decode"), "b:1": (True, "prefill")}
+
+    async def probe(address: str):  # type: ignore[no-untyped-def]
+        answer = answers[address]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    d = StaticDiscovery(["a:1", "b:1"], probe)
+    await d.refresh()
+    assert [(e.role, e.ready) for e in d.snapshot()] == [("decode", True), ("prefill", True)]
+    answers["a:1"] = None  # slow: keep what is known
+    answers["b:1"] = ConnectionError("refused")
+    await d.refresh()
+    assert [(e.role, e.ready) for e in d.snapshot()] == [("decode", True), ("prefill", False)]
