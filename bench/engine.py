@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tandem.sampling import SamplingParams  # noqa: E402
-from tandem.worker.config import EngineConfig  # noqa: E402
-from tandem.worker.engine import Engine  # noqa: E402
+from tandem.sampling import SamplingParams
+from tandem.worker.config import EngineConfig
+from tandem.worker.engine import Engine
 
 SHAPES: dict[str, dict[str, Any]] = {
     "llama3-8b": {

@@ -6,6 +6,7 @@ lazily so that the control plane (router, operator) never loads it.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from tandem.sampling import InvalidRequest, SamplingParams
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name in ("LLM", "CompletionOutput"):
-        from tandem.worker import llm
-
+        # Resolved on first use so that `import tandem` (router, operator) never loads torch.
+        llm = importlib.import_module("tandem.worker.llm")
         return getattr(llm, name)
     raise AttributeError(name)

@@ -9,6 +9,7 @@ through `call_soon_threadsafe` into one queue per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -191,10 +192,8 @@ class AsyncEngine:
         while not idle:
             self._idle.clear()
             self._wake.set()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
             with self._lock:
                 idle = self._engine.idle()
 

@@ -120,7 +120,7 @@ def _as_batch(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
         return [prompts]
     seq = list(prompts)
     if seq and all(isinstance(t, int) and not isinstance(t, bool) for t in seq):
-        return [seq]  # a single token-id prompt
+        return [[int(t) for t in seq]]  # type: ignore[arg-type]  # a single token-id prompt
     return seq  # type: ignore[return-value]
 
 

@@ -33,7 +33,7 @@ def test_prefix_hit_after_free_and_refcount_sharing() -> None:
     pool.cache_blocks(blocks, tokens, 0, 2)
     assert pool.match_prefix(tokens) == blocks[:2]
     # Same first block, different second block: one-block hit.
-    other = tokens[:4] + [99, 98, 97, 96]
+    other = [*tokens[:4], 99, 98, 97, 96]
     assert pool.match_prefix(other) == blocks[:1]
     pool.free(blocks)
     assert pool.num_free == 8
