@@ -66,6 +66,10 @@ class AsyncEngine:
             if not busy:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
+            elif self._engine.last_step is None and not outputs:
+                # Work exists but none could run (blocks held elsewhere): don't spin.
+                self._wake.wait(timeout=0.005)
+                self._wake.clear()
 
     def _dispatch(self, outputs: list[StepOutput], idle: bool) -> None:
         for out in outputs:

@@ -182,6 +182,7 @@ class Engine:
         return self.scheduler.has_work()
 
     def step(self) -> list[StepOutput]:
+        self.last_step = None
         self._expire_reservations()
         sched = self.scheduler.schedule()
         if sched.preempted:
@@ -231,11 +232,15 @@ class Engine:
         )
 
     def _unschedulable(self) -> list[StepOutput]:
-        """Nothing could be scheduled although work exists: the head request
-        cannot fit in the whole (otherwise idle) pool. Finish it rather than spin."""
+        """Nothing could be scheduled although work exists. Usually blocks are
+        held by others (running requests, decode reservations) and the queue
+        simply waits. Only a request larger than the whole pool is finished,
+        rather than waiting forever."""
         if self.scheduler.running or not self.scheduler.waiting:
             return []
         req = self.scheduler.waiting[0]
+        if -(-req.num_tokens // self.pool.block_size) <= self.pool.num_blocks:
+            return []
         reason = "length" if req.output_token_ids else "error"
         self.scheduler.abort(req.request_id)
         self._forget(req.request_id)

@@ -163,3 +163,16 @@ async def _collect(stream: object) -> list[int]:
     async for o in stream:  # type: ignore[attr-defined]
         out.extend(o.new_token_ids)
     return out
+
+
+def test_queue_waits_while_reservations_hold_the_blocks(tiny_model: ModelFactory) -> None:
+    e = Engine(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=4, block_size=16))
+    e.reserve("held", list(range(3, 50)), SamplingParams())  # 3 of 4 blocks
+    e.add_request("next", list(range(3, 40)), SamplingParams(max_tokens=2, ignore_eos=True))  # needs 3
+    assert e.step() == [] and e.has_work()  # waits; not failed
+    e.abort("held")
+    outs = []
+    while e.has_work():
+        outs += e.step()
+    assert outs[-1].request_id == "next" and outs[-1].finish_reason == "length"
+    assert e.pool.num_used == 0
