@@ -30,14 +30,18 @@ if checks.HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from tandem.kernels.paged_decode_attention import _dot
+    @triton.jit
+    def _dot_acc(a, b, acc, IEEE: tl.constexpr):
+        if IEEE:
+            return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
 
     @triton.jit
     def _attend_tile(
         q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, table, kv_off, d, n0, hi, qpos, qk_scale,
         head_dim, stride_cb, stride_cs,
-        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-        EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         n = n0 + tl.arange(0, BLOCK_N)
         if MASKED:
@@ -64,14 +68,15 @@ if checks.HAS_TRITON:
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale  # [M, N], log2 domain
+        s = _dot_acc(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), IEEE)
         if MASKED:
             s = tl.where((n[None, :] <= qpos[:, None]) & (n < hi)[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # The softmax scale (in log2 units) is folded into one FMA per score.
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        p = tl.exp2(s * qk_scale - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None], IEEE)
         return acc, m_new, l_i
 
     @triton.jit
@@ -82,51 +87,63 @@ if checks.HAS_TRITON:
         stride_cb, stride_cs, stride_ch, stride_bt,
         group, head_dim,
         BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_D: tl.constexpr, GROUP_TILE: tl.constexpr, EVEN_D: tl.constexpr,
+        UPCAST: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
+        # Row r of the tile is query token r // GROUP_TILE of the tile and, when
+        # GQA is packed (GROUP_TILE > 1), query head r % GROUP_TILE of the group.
+        TOK_M: tl.constexpr = BLOCK_M // GROUP_TILE
         m_tile = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest tiles first
         b = tl.program_id(1)
-        h = tl.program_id(2)
         q_start = tl.load(query_start_ptr + b)
         q_len = tl.load(query_start_ptr + b + 1) - q_start
-        if m_tile * BLOCK_M >= q_len:
+        if m_tile * TOK_M >= q_len:
             return
         seq_len = tl.load(seq_lens_ptr + b)
-        first_pos = seq_len - q_len + m_tile * BLOCK_M  # position of the tile's first query
+        first_pos = seq_len - q_len + m_tile * TOK_M  # position of the tile's first query
 
-        offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        r = tl.arange(0, BLOCK_M)
+        if GROUP_TILE == 1:
+            kvh = tl.program_id(2) // group
+            head = tl.program_id(2) + r * 0
+            row_ok = m_tile * TOK_M + r < q_len
+        else:
+            kvh = tl.program_id(2)
+            head = kvh * group + r % GROUP_TILE
+            row_ok = (m_tile * TOK_M + r // GROUP_TILE < q_len) & (r % GROUP_TILE < group)
         d = tl.arange(0, BLOCK_D)
-        qmask = (offs_m < q_len)[:, None] & (d < head_dim)[None, :]
-        tok = (q_start + offs_m).to(tl.int64)
-        q = tl.load(q_ptr + tok[:, None] * stride_qt + h * stride_qh + d[None, :], mask=qmask, other=0.0)
+        qmask = row_ok[:, None] & (d < head_dim)[None, :]
+        tok = (q_start + m_tile * TOK_M + r // GROUP_TILE).to(tl.int64)
+        q_off = tok[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :]
+        q = tl.load(q_ptr + q_off, mask=qmask, other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
-        qpos = first_pos + tl.arange(0, BLOCK_M)
+        qpos = first_pos + r // GROUP_TILE
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         table = block_tables_ptr + b.to(tl.int64) * stride_bt
-        kv_off = (h // group) * stride_ch
+        kv_off = kvh * stride_ch
         # Keys [0, full_end) are visible to every row of the tile: no mask.
         full_end = (first_pos + 1) // BLOCK_N * BLOCK_N
         for n0 in range(0, full_end, BLOCK_N):
             acc, m_i, l_i = _attend_tile(
                 q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, table, kv_off, d, n0, seq_len, qpos,
                 qk_scale, head_dim, stride_cb, stride_cs,
-                BLOCK_SIZE, BLOCK_N, False, EVEN_D, UPCAST, IEEE,
+                BLOCK_SIZE, BLOCK_M, BLOCK_N, False, EVEN_D, UPCAST, IEEE,
             )  # fmt: skip
-        hi = tl.minimum(seq_len, first_pos + BLOCK_M)
+        hi = tl.minimum(seq_len, first_pos + TOK_M)
         for n0 in range(full_end, hi, BLOCK_N):
             acc, m_i, l_i = _attend_tile(
                 q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, table, kv_off, d, n0, hi, qpos,
                 qk_scale, head_dim, stride_cb, stride_cs,
-                BLOCK_SIZE, BLOCK_N, True, EVEN_D, UPCAST, IEEE,
+                BLOCK_SIZE, BLOCK_M, BLOCK_N, True, EVEN_D, UPCAST, IEEE,
             )  # fmt: skip
 
         acc = acc / l_i[:, None]
-        dst = out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :]
-        tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=qmask)
+        o_off = tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
+        tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=qmask)
 
 
 def default_tiles(head_dim: int, on_gpu: bool) -> tuple[int, int, int, int]:
@@ -135,7 +152,7 @@ def default_tiles(head_dim: int, on_gpu: bool) -> tuple[int, int, int, int]:
         return 16, 16, 4, 1
     if head_dim <= 64:
         return 128, 64, 4, 3
-    return 128, 64, 8, 3
+    return 128, 128, 8, 3
 
 
 def paged_prefill_attention(
@@ -153,6 +170,7 @@ def paged_prefill_attention(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    pack_gqa: bool = False,
 ) -> torch.Tensor:  # [T, num_heads, head_dim]
     """Triton launcher; same contract as `paged_prefill_attention_ref`.
     `max_query_len` bounds every sequence's query length (it sizes the grid,
@@ -177,15 +195,21 @@ def paged_prefill_attention(
     checks.check_power_of_two("block_m", block_m, 16)
     checks.check_power_of_two("block_n", block_n, 16)
     block_d = max(16, checks.next_power_of_two(head_dim))
-    grid = (math.ceil(max_query_len / block_m), batch, num_heads)
+    group = num_heads // num_kv_heads
+    # Packing the GQA group into the rows of one tile reads each K/V tile once per group.
+    group_tile = checks.next_power_of_two(group) if pack_gqa and group > 1 else 1
+    if group_tile >= block_m:
+        raise checks.KernelInputError(f"block_m {block_m} must exceed the packed group {group_tile}")
+    tok_m = block_m // group_tile
+    grid = (math.ceil(max_query_len / tok_m), batch, num_kv_heads if group_tile > 1 else num_heads)
     _paged_prefill_attention_kernel[grid](
         q, k_cache, v_cache, block_tables, query_start_loc.contiguous(), seq_lens.contiguous(), out,
         scale * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        num_heads // num_kv_heads, head_dim,
+        group, head_dim,
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        EVEN_D=block_d == head_dim,
+        GROUP_TILE=group_tile, EVEN_D=block_d == head_dim,
         # The interpreter's tl.dot is wrong for bfloat16 operands (Triton 3.9): upcast there.
         UPCAST=not on_gpu and q.dtype == torch.bfloat16,
         IEEE=q.dtype == torch.float32,

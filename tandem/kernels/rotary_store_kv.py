@@ -43,15 +43,15 @@ if checks.HAS_TRITON:
 
         h = tl.arange(0, BLOCK_H)[:, None]
         qmask = (h < num_heads) & dmask
-        src = q_ptr + t * stride_qt + h * stride_qh + d
+        q_src = q_ptr + t * stride_qt + h * stride_qh + d
         q1, q2 = _rotate(
-            tl.load(src, mask=qmask).to(tl.float32),
-            tl.load(src + half_dim, mask=qmask).to(tl.float32),
+            tl.load(q_src, mask=qmask).to(tl.float32),
+            tl.load(q_src + half_dim, mask=qmask).to(tl.float32),
             c, s,
         )  # fmt: skip
-        dst = q_out_ptr + t * stride_ot + h * stride_oh + d
-        tl.store(dst, q1.to(q_out_ptr.dtype.element_ty), mask=qmask)
-        tl.store(dst + half_dim, q2.to(q_out_ptr.dtype.element_ty), mask=qmask)
+        q_dst = q_out_ptr + t * stride_ot + h * stride_oh + d
+        tl.store(q_dst, q1.to(q_out_ptr.dtype.element_ty), mask=qmask)
+        tl.store(q_dst + half_dim, q2.to(q_out_ptr.dtype.element_ty), mask=qmask)
 
         slot = tl.load(slot_ptr + t).to(tl.int64)
         if slot >= 0:
@@ -59,19 +59,19 @@ if checks.HAS_TRITON:
             kmask = (kh < num_kv_heads) & dmask
             cache = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
             cache += kh * stride_ch + d
-            src = k_ptr + t * stride_kt + kh * stride_kh + d
+            k_src = k_ptr + t * stride_kt + kh * stride_kh + d
             k1, k2 = _rotate(
-                tl.load(src, mask=kmask).to(tl.float32),
-                tl.load(src + half_dim, mask=kmask).to(tl.float32),
+                tl.load(k_src, mask=kmask).to(tl.float32),
+                tl.load(k_src + half_dim, mask=kmask).to(tl.float32),
                 c, s,
             )  # fmt: skip
             # Round to k's dtype first, exactly as rotating then storing would.
             ty = k_cache_ptr.dtype.element_ty
             tl.store(k_cache_ptr + cache, k1.to(k_ptr.dtype.element_ty).to(ty), mask=kmask)
             tl.store(k_cache_ptr + cache + half_dim, k2.to(k_ptr.dtype.element_ty).to(ty), mask=kmask)
-            src = v_ptr + t * stride_vt + kh * stride_vh + d
-            tl.store(v_cache_ptr + cache, tl.load(src, mask=kmask).to(ty), mask=kmask)
-            v2 = tl.load(src + half_dim, mask=kmask)
+            v_src = v_ptr + t * stride_vt + kh * stride_vh + d
+            tl.store(v_cache_ptr + cache, tl.load(v_src, mask=kmask).to(ty), mask=kmask)
+            v2 = tl.load(v_src + half_dim, mask=kmask)
             tl.store(v_cache_ptr + cache + half_dim, v2.to(ty), mask=kmask)
 
 

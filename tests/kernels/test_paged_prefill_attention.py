@@ -34,7 +34,7 @@ SMALL = [
 
 def _run(
     query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int, head_dim: int,
-    block_size: int, dtype: torch.dtype, **tiles: int,
+    block_size: int, dtype: torch.dtype, **tiles: int | bool,
 ) -> None:  # fmt: skip
     gen = torch.Generator().manual_seed(sum(seq_lens) + 7 * heads)
     kv = make_paged(
@@ -66,6 +66,12 @@ def test_prefill_matches_reference(
     _run(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, block_m=16, block_n=16)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_packed_gqa_matches_reference(dtype: torch.dtype) -> None:
+    # Group of 3 padded to 4 rows per token: 4 tokens per 16-row tile.
+    _run([1, 37, 16], [1, 50, 16], 6, 2, 16, 8, dtype, block_m=16, block_n=16, pack_gqa=True)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -78,11 +84,12 @@ def test_prefill_matches_reference(
         ([333], [333], 12, 4, 16, 8),  # the tiny model's head_dim
     ],
 )
+@pytest.mark.parametrize("pack_gqa", [False, True])
 def test_prefill_matches_reference_gpu(
     dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
-    head_dim: int, block_size: int,
+    head_dim: int, block_size: int, pack_gqa: bool,
 ) -> None:  # fmt: skip
-    _run(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype)
+    _run(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, pack_gqa=pack_gqa)
 
 
 def test_prefill_rejects_short_query_start_loc() -> None:
