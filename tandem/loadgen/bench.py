@@ -32,6 +32,7 @@ class BenchConfig:
     slo_ttft_s: float = 1.0
     slo_tpot_s: float = 0.1
     plot: str | None = None
+    note: str | None = None
     timeout_s: float = 600.0
     seed: int = 0
     token_id_range: tuple[int, int] = (10, 1000)

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-id-range", default="10:1000", help="prompt token ids are drawn from LO:HI")
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. the server's setup)")
     p.add_argument("--out", required=True, help="JSON results file")
     p.add_argument("--plot", default=None, help="PNG of latency percentiles over time")
     p.set_defaults(func=main)
@@ -35,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
             url=args.url, out=args.out, trace=args.trace, time_scale=args.time_scale,
             max_requests=args.max_requests, rate=args.rate, prompt_tokens=args.prompt_tokens,
             output_tokens=args.output_tokens, slo_ttft_s=args.slo_ttft, slo_tpot_s=args.slo_tpot,
-            plot=args.plot, timeout_s=args.timeout, seed=args.seed, token_id_range=(lo, hi),
+            plot=args.plot, note=args.note, timeout_s=args.timeout, seed=args.seed, token_id_range=(lo, hi),
         )
     except ValueError as exc:
         raise SystemExit(f"tandem bench serve: {exc}") from None
