@@ -86,7 +86,8 @@ def make_discovery(config: RouterConfig) -> Discovery:
     if config.discovery == "kube":
         from tandem.router.discovery_kube import EndpointSliceDiscovery
 
-        return EndpointSliceDiscovery(namespace=config.namespace, pool=config.pool)  # type: ignore[no-any-return]
+        assert config.namespace is not None and config.pool is not None  # checked in RouterConfig
+        return EndpointSliceDiscovery(namespace=config.namespace, pool=config.pool)
 
     async def probe(address: str) -> tuple[bool, str] | None:
         client = WorkerClient(address, address)
