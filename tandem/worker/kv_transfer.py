@@ -231,8 +231,10 @@ class KVTransport(ABC):
 class TransportSession:
     """Per-transfer state of a transport; `close` runs on every path."""
 
-    def close(self) -> None:
-        """Release the transfer's resources (idempotent)."""
+    def close(self, completed: bool = False) -> None:
+        """Release the transfer's resources (idempotent). `completed`: every
+        chunk was acknowledged, so the receiver is done with them and they may
+        be recycled; otherwise they must be destroyed."""
 
 
 def load_transport(name: str) -> KVTransport:
@@ -322,7 +324,7 @@ class KVSender:
         except BaseException:
             await self.abort()
             raise
-        self._close()
+        self._close(completed=True)
         started = self._started if self._started is not None else time.perf_counter()
         stats = TransferStats(
             self.transport.name, self._bytes, self._chunks, time.perf_counter() - started
@@ -337,10 +339,10 @@ class KVSender:
             call.cancel()
         self._close()
 
-    def _close(self) -> None:
+    def _close(self, completed: bool = False) -> None:
         if not self._closed:
             self._closed = True
-            self._session.close()
+            self._session.close(completed)
 
 
 async def _await_call(call: Awaitable[worker_pb2.PushKVResponse]) -> None:

@@ -30,6 +30,8 @@ from tandem.worker.kv_transfer import (
 from tandem.worker.kv_transfer_peers import CHANNEL_OPTIONS, PeerChannels
 from tandem.worker.kv_transport_shm import (
     PREFIX,
+    ReceiverMaps,
+    SegmentPool,
     segment_name,
     segment_offsets,
     sweep_stale_segments,
@@ -114,6 +116,17 @@ def test_target_validation_names_the_field() -> None:
 
 
 # ----- loopback server -------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _empty_shm_pools():
+    """Each test starts and ends with no pooled segments or cached mappings."""
+    shm = load_transport("shm")
+    shm.pool.clear()
+    shm.maps.clear()
+    yield
+    shm.pool.clear()
+    shm.maps.clear()
+
+
 class _Recorder(worker_pb2_grpc.WorkerServiceServicer):
     """PushKV only; imports into a dict keyed by (request, layer, block index)."""
 
@@ -201,8 +214,60 @@ async def test_round_trip_delivers_every_block_exactly(transport: str) -> None:
         for i in range(c.k.shape[0]):
             k, v = recorder.blocks[("decode-id", c.layer, c.first_block + i)]
             assert torch.equal(k, c.k[i]) and torch.equal(v, c.v[i])
-    assert _segments() == before  # the sender removed its segment
     assert _metric("tandem_kv_transfer_bytes_total", transport) - bytes_before == expected_bytes
+    # A completed transfer's segment waits in the sender's pool for the next one...
+    pool = load_transport("shm").pool
+    assert _segments() - before == set(pool.idle_names())
+    assert len(pool.idle_names()) == (1 if transport == "shm" else 0)
+    # ... and goes when the pool is emptied (shutdown).
+    pool.clear()
+    load_transport("shm").maps.clear()
+    assert _segments() == before
+
+
+async def test_completed_transfers_reuse_one_segment() -> None:
+    recorder = _Recorder()
+    server, address = await _serve(recorder)
+    peers = PeerChannels()
+    pool = load_transport("shm").pool
+    names = []
+    try:
+        for rid in ("one", "two", "three"):
+            target = TransferTarget(address, rid, tuple(range(4)), 0, "shm")
+            await _ship("shm", _chunks(LAYOUT, 4, 0, 4), target, peers)
+            names.append(tuple(pool.idle_names()))
+    finally:
+        await peers.close()
+        await server.stop(None)
+    assert len(set(names)) == 1 and len(names[0]) == 1
+    assert {k[0] for k in recorder.blocks} == {"one", "two", "three"}
+    # The receiver kept its mapping of the reused segment.
+    assert load_transport("shm").maps.names() == list(names[0])
+
+
+def test_receiver_drops_mappings_of_removed_segments(tmp_path: Path) -> None:
+    pool = SegmentPool(tmp_path)
+    maps = ReceiverMaps(tmp_path, max_entries=2)
+    segs = [pool.take(1 << 20) for _ in range(3)]
+    held = maps.acquire(segs[0].path.name)
+    maps.release(held)
+    assert maps.names() == [segs[0].path.name]
+    pool.give_back(segs[0], reuse=False)  # the sender removes it
+    held = maps.acquire(segs[1].path.name)
+    assert maps.names() == [segs[1].path.name]  # the removed one is gone
+    in_use = maps.acquire(segs[2].path.name)
+    maps.acquire(segs[1].path.name)
+    # Over the limit, the least recently used mapping goes, but one in use stays readable.
+    extra = pool.take(1 << 20)
+    maps.acquire(extra.path.name)
+    assert segs[2].path.name not in maps.names()
+    assert in_use.view(0, LAYOUT, 1).shape == (1, *LAYOUT.block_shape)
+    maps.release(in_use)
+    maps.clear()
+    pool.clear()
+    for m in (segs[1], segs[2], extra):
+        pool.give_back(m, reuse=False)
+    assert not list(tmp_path.iterdir())
 
 
 async def test_grpc_pieces_stay_under_the_message_limit() -> None:
