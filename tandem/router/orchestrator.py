@@ -29,7 +29,7 @@ from tandem.router.selection import (
     pick_prefill,
 )
 from tandem.router.traffic import Ticket, TrafficController
-from tandem.router.worker_client import TokenEvent
+from tandem.router.worker_client import PrefillResult, TokenEvent
 from tandem.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -137,20 +137,20 @@ class Orchestrator:
         self, job: Job, ticket: Ticket, decode: WorkerView, prefill: WorkerView
     ) -> AsyncGenerator[TokenEvent, None]:
         d_client = self._registry.client(decode.name)
-        p_client = self._registry.client(prefill.name)
-        done = False
         started = time.monotonic()
-        with self._registry.track(decode.name), self._registry.track(prefill.name, len(job.prompt)) as prefilled:
+        done = False
+        with self._registry.track(decode.name):
             try:
-                reservation = await self._call(decode.name, d_client.reserve(job.request_id, job.prompt, job.params))
-                result = await self._call(
-                    prefill.name,
-                    p_client.prefill(
-                        job.request_id, job.prompt, job.params, decode.address, reservation,
-                        timeout=max(1.0, job.timeout_s - (time.monotonic() - started)),
-                    ),
-                )
-                prefilled()
+                result = await self._remote_prefill(job, decode, prefill)
+                if result is None:
+                    # The prefill worker failed before the first token: nothing reached the
+                    # client yet, so serve the request colocated on D instead of failing it.
+                    retry = replace(job, request_id=f"{job.request_id}-colocated")
+                    async with contextlib.aclosing(self._colocated(retry, ticket, decode)) as events:
+                        async for event in events:
+                            done = event.finished
+                            yield event
+                    return
                 first = result.first
                 self._traffic.first_token(ticket, first.num_prompt_tokens - first.num_cached_tokens)
                 if first.finish_reason == "prefilled":
@@ -177,6 +177,27 @@ class Orchestrator:
                 if not done:
                     self._cancel(decode.name, job.request_id)
                     self._cancel(prefill.name, job.request_id)
+
+    async def _remote_prefill(self, job: Job, decode: WorkerView, prefill: WorkerView) -> PrefillResult | None:
+        """Reserve on D, prefill on P (which ships the KV to D). None when P failed,
+        after D's reservation has been released."""
+        d_client = self._registry.client(decode.name)
+        p_client = self._registry.client(prefill.name)
+        started = time.monotonic()
+        with self._registry.track(prefill.name, len(job.prompt)):
+            reservation = await self._call(decode.name, d_client.reserve(job.request_id, job.prompt, job.params))
+            try:
+                return await self._call(
+                    prefill.name,
+                    p_client.prefill(
+                        job.request_id, job.prompt, job.params, decode.address, reservation,
+                        timeout=max(1.0, job.timeout_s - (time.monotonic() - started)),
+                    ),
+                )
+            except WorkerDown as exc:
+                log.warning("prefill on %s failed (%s); serving %s colocated", prefill.name, exc, job.request_id)
+                await d_client.cancel(job.request_id)
+                return None
 
     async def _call(self, name: str, coro: Awaitable[T]) -> T:
         try:

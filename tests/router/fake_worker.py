@@ -34,6 +34,7 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
     prefill_delay_s: float = 0.0
     prefix_hits: int = 0
     eos_at: int | None = None  # emit EOS as token number eos_at (0-based)
+    fail_prefill: bool = False  # Prefill answers UNAVAILABLE (a prefill worker dying mid-call)
     live: set[str] = field(default_factory=set)
     reserved: dict[str, tuple[int, ...]] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -82,6 +83,8 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
     async def Prefill(self, request, context):
         rid, prompt = request.request_id, tuple(request.prompt_token_ids)
         self.calls.append(("Prefill", rid))
+        if self.fail_prefill:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "prefill worker went away")
         self.live.add(rid)
         try:
             await asyncio.sleep(self.prefill_delay_s)

@@ -257,3 +257,22 @@ async def test_static_discovery_keeps_slow_workers_and_drops_unreachable_ones() 
     answers["b:1"] = ConnectionError("refused")
     await d.refresh()
     assert [(e.role, e.ready) for e in d.snapshot()] == [("decode", True), ("prefill", False)]
+
+
+async def test_prefill_failure_falls_back_to_colocated_on_the_decode_worker() -> None:
+    ps, prefill = await start_fake("prefill", fail_prefill=True)
+    ds, decode = await start_fake("decode")
+    router = await _router([prefill.address, decode.address], min_prompt_tokens=8)
+    try:
+        prompt = list(range(30, 50))
+        status, body, _ = await _post(f"http://127.0.0.1:{router.http_port}/v1/completions",
+                                      {"prompt": prompt, "max_tokens": 5})
+        assert status == 200, body
+        assert body["choices"][0]["text"] == fake_text(prompt, 5)
+        assert [c for c, _ in decode.calls] == ["Reserve", "Generate"]
+        assert decode.reserved == {} and decode.live == set()  # the reservation was released
+        assert not next(v for v in router.registry.views() if v.name == prefill.address).up
+    finally:
+        await router.stop()
+        await ps.stop(None)
+        await ds.stop(None)
