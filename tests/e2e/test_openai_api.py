@@ -98,6 +98,17 @@ def test_streamed_chat_matches_unstreamed(client: openai.OpenAI, served) -> None
     assert whole.usage is not None and whole.usage.total_tokens == n_prompt + 9
 
 
+def test_stop_string_applied_on_text(client: openai.OpenAI) -> None:
+    kwargs = {"model": MODEL, "prompt": "Once upon a time", "temperature": 0, "extra_body": {"ignore_eos": True}}
+    full = client.completions.create(max_tokens=24, **kwargs).choices[0].text  # type: ignore[arg-type]
+    stop = next(full[i : i + 2] for i in range(4, len(full) - 2) if full[i : i + 2].strip())
+    cut = client.completions.create(max_tokens=24, stop=[stop], **kwargs).choices[0]  # type: ignore[arg-type]
+    assert cut.text == full[: full.index(stop)]
+    assert cut.finish_reason == "stop"
+    streamed = client.completions.create(max_tokens=24, stop=stop, stream=True, **kwargs)  # type: ignore[arg-type]
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == cut.text
+
+
 def test_client_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="n must be 1"):
         client.completions.create(model=MODEL, prompt="x", n=2)
