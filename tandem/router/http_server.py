@@ -141,7 +141,11 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     fe: Frontend = request.app[FRONTEND]
-    body = fe.generation.metrics.exposition()
+    metrics = fe.generation.metrics
+    views = fe.registry.views()
+    for role in ("prefill", "decode", "both"):
+        metrics.workers_up.labels(role=role).set(sum(1 for v in views if v.up and v.role == role))
+    body = metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -106,6 +106,8 @@ class Router:
         self.config = config
         self.discovery = discovery
         self.metrics = RouterMetrics()
+        for c in config.priority_classes:  # every class shows on /metrics from the start
+            self.metrics.queue_depth.labels(priority=c.name).set(0)
         self.registry = WorkerRegistry(discovery, poll_s=config.poll_s)
         routing = RoutingConfig(config.min_prompt_tokens, config.max_inflight_per_worker, config.request_timeout_s)
         self.traffic = TrafficController(

@@ -276,3 +276,16 @@ async def test_prefill_failure_falls_back_to_colocated_on_the_decode_worker() ->
         await router.stop()
         await ps.stop(None)
         await ds.stop(None)
+
+
+async def test_metrics_exposition(colocated) -> None:
+    router, _ = colocated
+    await _post(f"http://127.0.0.1:{router.http_port}/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 3})
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{router.http_port}/metrics") as r:
+        text = await r.text()
+    assert 'tandem_router_requests_total{outcome="ok",priority="default"} 1.0' in text
+    assert 'tandem_router_ttft_seconds_count{priority="default"} 1.0' in text
+    assert 'tandem_router_tpot_seconds_count{priority="default"} 1.0' in text
+    assert 'tandem_router_e2e_seconds_count{priority="default"} 1.0' in text
+    assert 'tandem_router_queue_depth{priority="default"} 0.0' in text
+    assert 'tandem_router_workers_up{role="both"} 1.0' in text
