@@ -57,13 +57,15 @@ async def running_worker(
     transports: tuple[str, ...] = ("shm", "grpc"),
     host: str = "host-a",
     num_kv_blocks: int = 64,
+    max_num_batched_tokens: int = 2048,
 ) -> AsyncIterator[Worker]:
     config = EngineConfig(
         model=str(model),
         device="cpu",
-        role=role,
+        role=role,  # type: ignore[arg-type]
         block_size=16,
-        num_kv_blocks=num_kv_blocks,  # type: ignore[arg-type]
+        num_kv_blocks=num_kv_blocks,
+        max_num_batched_tokens=max_num_batched_tokens,
     )
     engine = AsyncEngine.start(config)
     peers = PeerChannels()
@@ -408,3 +410,34 @@ async def test_prefill_into_a_cancelled_reservation_fails_and_cleans_up(
         assert not set(Path("/dev/shm").glob(f"{PREFIX}*")) - segments  # failed: removed
         await _wait_blocks_free(p, within_s=1.0)
         await _wait_blocks_free(d, within_s=1.0)
+
+
+async def test_cancelling_a_prefill_midway_frees_blocks_and_its_segment(tiny_model: Path) -> None:
+    # A small step budget spreads the prompt over many steps: time to cancel midway.
+    async with (
+        running_worker(tiny_model, role="prefill", max_num_batched_tokens=16) as p,
+        running_worker(tiny_model, role="decode") as d,
+    ):
+        prompt = (PROMPT * 40)[:700]
+        res = await d.stub.Reserve(
+            worker_pb2.ReserveRequest(request_id="r", prompt_token_ids=prompt), timeout=5
+        )
+        segments = set(Path("/dev/shm").glob(f"{PREFIX}*"))
+        target = worker_pb2.KVTarget(
+            address=d.address, request_id="r", block_ids=res.block_ids, transport="shm"
+        )
+        call = p.stub.Prefill(
+            worker_pb2.PrefillRequest(request_id="r", prompt_token_ids=prompt, target=target),
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while await _used_blocks(p) == 0:  # wait until the prefill is under way
+            assert time.monotonic() < deadline, "prefill never started"
+            await asyncio.sleep(0.01)
+        assert call.cancel(), "the prefill finished before it could be cancelled"
+        # The router cancels the decode side's reservation as well.
+        await d.stub.Cancel(worker_pb2.CancelRequest(request_id="r"), timeout=5)
+        await _wait_blocks_free(p, within_s=1.0)
+        await _wait_blocks_free(d, within_s=1.0)
+        await asyncio.sleep(0.2)  # the aborted sender removes its segment
+        assert not set(Path("/dev/shm").glob(f"{PREFIX}*")) - segments
