@@ -67,4 +67,4 @@ async def send(
         return Result(sent - started, req.prompt_tokens, chunks, ttft, None, f"{type(exc).__name__}: {exc}")
     e2e = time.monotonic() - sent
     n = usage_tokens if usage_tokens is not None else chunks
-    return Result(sent - started, req.prompt_tokens, n, ttft, e2e)
+    return Result(sent - started, req.prompt_tokens, n, ttft, e2e, requested_tokens=req.output_tokens)

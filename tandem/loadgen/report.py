@@ -13,6 +13,7 @@ class Result:
     ttft_s: float | None
     e2e_s: float | None
     error: str | None = None
+    requested_tokens: int | None = None  # what the request asked for (ignore_eos: should equal output_tokens)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +71,11 @@ def summarize(results: list[Result], duration_s: float, slo_ttft_s: float, slo_t
     return {
         "requests": len(results),
         "completed": len(ok),
+        # Completed requests whose generated length differs from the one asked for
+        # (a server that ignores ignore_eos or max_tokens skews every figure).
+        "output_length_mismatches": sum(
+            1 for r in ok if r.requested_tokens is not None and r.requested_tokens != r.output_tokens
+        ),
         "failed": len(results) - len(ok),
         "errors": errors,
         "duration_s": duration_s,

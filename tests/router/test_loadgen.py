@@ -66,14 +66,14 @@ def test_percentile() -> None:
 
 def test_summary_goodput_and_failures() -> None:
     results = [
-        Result(0.0, 10, 11, ttft_s=0.5, e2e_s=1.5),  # tpot 0.1: meets both
+        Result(0.0, 10, 11, ttft_s=0.5, e2e_s=1.5, requested_tokens=12),  # tpot 0.1: meets both
         Result(0.1, 10, 11, ttft_s=2.0, e2e_s=3.0),  # misses TTFT
         Result(0.2, 10, 11, ttft_s=0.5, e2e_s=5.5),  # tpot 0.5: misses TPOT
         Result(0.3, 10, 0, None, None, "HTTP 503: busy"),
     ]
     assert [meets_slo(r, 1.0, 0.1) for r in results] == [True, False, False, False]
     s = summarize(results, duration_s=2.0, slo_ttft_s=1.0, slo_tpot_s=0.1)
-    assert (s["completed"], s["failed"]) == (3, 1)
+    assert (s["completed"], s["failed"], s["output_length_mismatches"]) == (3, 1, 1)
     assert s["goodput"]["requests_meeting_slo"] == 1 and s["goodput"]["requests_per_s"] == 0.5
     assert s["throughput"]["output_tokens_per_s"] == 33 / 2.0
     assert s["errors"] == {"HTTP 503: busy": 1}

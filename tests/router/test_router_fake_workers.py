@@ -272,6 +272,11 @@ async def test_prefill_failure_falls_back_to_colocated_on_the_decode_worker() ->
         assert [c for c, _ in decode.calls] == ["Reserve", "Generate"]
         assert decode.reserved == {} and decode.live == set()  # the reservation was released
         assert not next(v for v in router.registry.views() if v.name == prefill.address).up
+        # It still answers Load: the health check brings it back after the hold time.
+        deadline = time.monotonic() + 5
+        while not next(v for v in router.registry.views() if v.name == prefill.address).up:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
     finally:
         await router.stop()
         await ps.stop(None)
@@ -289,3 +294,22 @@ async def test_metrics_exposition(colocated) -> None:
     assert 'tandem_router_e2e_seconds_count{priority="default"} 1.0' in text
     assert 'tandem_router_queue_depth{priority="default"} 0.0' in text
     assert 'tandem_router_workers_up{role="both"} 1.0' in text
+
+
+async def test_bench_serve_against_the_router(colocated, tmp_path) -> None:
+    from tandem.loadgen.bench import BenchConfig, run, write
+
+    router, _ = colocated
+    cfg = BenchConfig(url=f"http://127.0.0.1:{router.http_port}", out=str(tmp_path / "r.json"), rate=50.0,
+                      max_requests=12, prompt_tokens=300, output_tokens=5, plot=str(tmp_path / "r.png"))
+    data = await run(cfg)
+    write(cfg, data)
+    summary = data["summary"]
+    assert (summary["completed"], summary["failed"]) == (12, 0), summary["errors"]
+    assert summary["output_length_mismatches"] == 0
+    # 300 + 5 tokens do not fit the fake model's 256-token context: prompts were clipped, and said so.
+    assert data["workload"]["clipped_to_context"] == {"clipped_requests": 12, "max_model_len": 256}
+    assert summary["throughput"]["output_tokens_per_s"] > 0
+    assert summary["ttft_s"]["p50"] <= summary["e2e_s"]["p50"]
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["completed"] == 12
+    assert (tmp_path / "r.png").stat().st_size > 1000
