@@ -12,8 +12,10 @@ message differs:
 - "shm": an offset into a shared-memory segment the sender filled (same host).
 
 A new transport (CUDA IPC, NCCL) is one module with a `KVTransport` subclass
-(`encode` on the sending side, `open_receiver` on the receiving side) and one
-entry in `_TRANSPORT_MODULES`; the selection below already knows its rank.
+(`open_session`/`encode` on the sending side, `open_receiver` on the receiving
+side), an entry in `_TRANSPORT_MODULES` and in `_MESSAGE_FIELDS` (plus its
+field in the KVChunk message, e.g. a CUDA IPC handle); the selection below
+already knows its rank.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ _TRANSPORT_MODULES = {
     "grpc": "tandem.worker.kv_transport_grpc",
     "shm": "tandem.worker.kv_transport_shm",
 }
+#: The KVChunk message field that marks a transport's messages; a message
+#: with none of them carries its bytes inline ("grpc").
+_MESSAGE_FIELDS = {"shm": "shm"}
 #: Largest K+V payload of one PushKV message (gRPC's default limit is 4 MiB).
 MAX_PIECE_BYTES = 4 * 1024 * 1024
 #: Message limit set on worker channels/servers: above MAX_PIECE_BYTES so that
@@ -366,7 +371,7 @@ async def receive(
     nbytes = 0
     try:
         async for msg in messages:
-            name = "shm" if msg.HasField("shm") else "grpc"
+            name = transport_of(msg)
             if name not in accepted:
                 raise BadKVMessage(f"KV transport {name!r} not accepted here ({list(accepted)})")
             receiver = receivers.get(name)
@@ -382,6 +387,14 @@ async def receive(
         for receiver in receivers.values():
             receiver.close()
     return worker_pb2.PushKVResponse(chunks=count, bytes=nbytes)
+
+
+def transport_of(msg: worker_pb2.KVChunk) -> str:
+    """Which transport a received message belongs to."""
+    for name, field in _MESSAGE_FIELDS.items():
+        if msg.HasField(field):
+            return name
+    return "grpc"
 
 
 def check_message(msg: worker_pb2.KVChunk, layout: KVLayout) -> None:
