@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.launch.spec import free_port, plan_workers, visible_gpus, worker_roles
+from tandem.launch.spec import free_port, free_ports, plan_workers, visible_gpus, worker_roles
 from tandem.launch.supervisor import Supervisor, backoff_s, stop_all
 from tandem.serve_command import ServeConfig
 
@@ -54,6 +54,18 @@ def test_plan_gives_each_worker_its_gpu_and_wraps_around() -> None:
         argv[:1] == ("worker",) and "--role" in argv and argv[argv.index("--role") + 1] == "decode"
     )
     assert argv[argv.index("--port") + 1] == "5000"
+
+
+def test_worker_argv_carries_the_metrics_port() -> None:
+    (spec,) = plan_workers("/m", ["both"], gpus=[])
+    argv = spec.argv("0.0.0.0", 1, metrics_port=2)
+    assert argv[argv.index("--metrics-port") + 1] == "2"
+    assert "--metrics-port" not in spec.argv("0.0.0.0", 1)
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = free_ports(8)
+    assert len(set(ports)) == 8 and all(0 < p < 65536 for p in ports)
 
 
 def test_plan_on_cpu_sets_no_gpu() -> None:

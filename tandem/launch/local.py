@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from tandem.launch.spec import WorkerSpec, free_port
+from tandem.launch.spec import WorkerSpec, free_ports
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ class LocalWorker(LocalProcess):
     so a restarted worker is found where the router expects it."""
 
     def __init__(self, spec: WorkerSpec, host: str = "127.0.0.1") -> None:
-        self.port = free_port(host)
+        self.port, self.metrics_port = free_ports(2, host)
         self.address = f"{host}:{self.port}"
-        super().__init__(spec.name, spec.argv(host, self.port), spec.env())
+        self.metrics_url = f"http://{host}:{self.metrics_port}/metrics"
+        argv = spec.argv(host, self.port, self.metrics_port)
+        super().__init__(spec.name, argv, spec.env())
 
 
 class LocalLauncher:

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from tandem.launch.local import LocalProcess
-from tandem.launch.spec import WorkerSpec, free_port
+from tandem.launch.spec import WorkerSpec, free_ports
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ class _WorkerActorImpl:
         import ray
 
         self.node_ip = ray.util.get_node_ip_address()
-        self.port = free_port("0.0.0.0")
+        self.port, metrics_port = free_ports(2, "0.0.0.0")
         # Ray chose this actor's GPU (CUDA_VISIBLE_DEVICES); keep it.
-        self.proc = LocalProcess(spec.name, spec.argv("0.0.0.0", self.port))
+        self.proc = LocalProcess(spec.name, spec.argv("0.0.0.0", self.port, metrics_port))
 
     def address(self) -> str:
         return f"{self.node_ip}:{self.port}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -19,14 +20,16 @@ class WorkerSpec:
     gpu: str | None = None  # CUDA_VISIBLE_DEVICES value, None on CPU
     options: tuple[str, ...] = ()  # extra `tandem worker` flags
 
-    def argv(self, host: str, port: int) -> tuple[str, ...]:
+    def argv(self, host: str, port: int, metrics_port: int | None = None) -> tuple[str, ...]:
         """`tandem` arguments (after the program name)."""
+        metrics = ("--metrics-port", str(metrics_port)) if metrics_port is not None else ()
         return (
             "worker",
             "--model", self.model,
             "--role", self.role,
             "--host", host,
             "--port", str(port),
+            *metrics,
             "--device", self.device,
             *self.options,
         )  # fmt: skip
@@ -80,6 +83,16 @@ def count_gpus() -> int:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free right now (the OS picks); the child binds it moments later."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports free right now (held open together while picking)."""
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
