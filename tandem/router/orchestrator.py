@@ -91,18 +91,19 @@ class Orchestrator:
             self._traffic.release(ticket)
 
     async def _choose_prefill(self, job: Job, decode: WorkerView) -> WorkerView | None:
-        views = self._registry.views()
-        prefill_views = [v for v in views if can_prefill(v)]
+        """A prefill worker when the prompt is long enough to ship, else None (colocated).
+        The decode worker's own prefix-cache hit is learned from Reserve (skip_blocks),
+        so no extra round trip is spent on it; prefill workers are asked for theirs only
+        when there is a choice to make."""
+        prefill_views = [v for v in self._registry.views() if can_prefill(v)]
         n = len(job.prompt)
-        # The uncached part is at most the whole prompt: short prompts need no probing.
-        if not prefill_views or n < self._config.min_prompt_tokens:
+        if not disaggregate(n, 0, self._config.min_prompt_tokens, bool(prefill_views)):
             return None
-        probed = [decode, *prefill_views]
-        hits = await asyncio.gather(*(self._prefix_hits(v.name, job.prompt) for v in probed))
-        by_name = {v.name: h for v, h in zip(probed, hits, strict=True)}
-        if not disaggregate(n, by_name[decode.name], self._config.min_prompt_tokens, True):
-            return None
-        return pick_prefill(prefill_views, n, by_name)
+        hits: dict[str, int] = {}
+        if len(prefill_views) > 1:
+            found = await asyncio.gather(*(self._prefix_hits(v.name, job.prompt) for v in prefill_views))
+            hits = {v.name: h for v, h in zip(prefill_views, found, strict=True)}
+        return pick_prefill(prefill_views, n, hits)
 
     async def _prefix_hits(self, name: str, prompt: tuple[int, ...]) -> int:
         try:
@@ -143,8 +144,9 @@ class Orchestrator:
             try:
                 result = await self._remote_prefill(job, decode, prefill)
                 if result is None:
-                    # The prefill worker failed before the first token: nothing reached the
-                    # client yet, so serve the request colocated on D instead of failing it.
+                    # D's prefix cache made shipping pointless, or the prefill worker failed
+                    # before the first token (nothing reached the client yet): serve the
+                    # request colocated on D instead.
                     retry = replace(job, request_id=f"{job.request_id}-colocated")
                     async with contextlib.aclosing(self._colocated(retry, ticket, decode)) as events:
                         async for event in events:
@@ -179,13 +181,19 @@ class Orchestrator:
                     self._cancel(prefill.name, job.request_id)
 
     async def _remote_prefill(self, job: Job, decode: WorkerView, prefill: WorkerView) -> PrefillResult | None:
-        """Reserve on D, prefill on P (which ships the KV to D). None when P failed,
-        after D's reservation has been released."""
+        """Reserve on D, prefill on P (which ships the KV to D). None, after D's
+        reservation has been released, when P failed or D turned out to hold enough
+        of the prompt already."""
         d_client = self._registry.client(decode.name)
         p_client = self._registry.client(prefill.name)
         started = time.monotonic()
         with self._registry.track(prefill.name, len(job.prompt)):
             reservation = await self._call(decode.name, d_client.reserve(job.request_id, job.prompt, job.params))
+            cached = reservation.skip_blocks * decode.block_size
+            if not disaggregate(len(job.prompt), cached, self._config.min_prompt_tokens, True):
+                # D already holds most of the prompt: computing the rest there beats shipping it.
+                await d_client.cancel(job.request_id)
+                return None
             try:
                 return await self._call(
                     prefill.name,

@@ -34,6 +34,7 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
     prefill_delay_s: float = 0.0
     prefix_hits: int = 0
     eos_at: int | None = None  # emit EOS as token number eos_at (0-based)
+    skip_blocks: int = 0  # Reserve reports this many leading blocks as already cached
     fail_prefill: bool = False  # Prefill answers UNAVAILABLE (a prefill worker dying mid-call)
     live: set[str] = field(default_factory=set)
     reserved: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -78,7 +79,8 @@ class FakeWorker(pb_grpc.WorkerServiceServicer):
         self.sampling[rid] = request.sampling
         self.live.add(rid)
         n = -(-len(request.prompt_token_ids) // 16)
-        return pb.ReserveResponse(request_id=rid, block_ids=list(range(n)), kv_transports=["grpc"], host_id="h")
+        return pb.ReserveResponse(request_id=rid, block_ids=list(range(n)), skip_blocks=min(self.skip_blocks, n),
+                                  kv_transports=["grpc"], host_id="h")
 
     async def Prefill(self, request, context):
         rid, prompt = request.request_id, tuple(request.prompt_token_ids)

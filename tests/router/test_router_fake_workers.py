@@ -313,3 +313,24 @@ async def test_bench_serve_against_the_router(colocated, tmp_path) -> None:
     assert summary["ttft_s"]["p50"] <= summary["e2e_s"]["p50"]
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["completed"] == 12
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+async def test_decode_side_prefix_hit_keeps_the_request_colocated() -> None:
+    ps, prefill = await start_fake("prefill")
+    ds, decode = await start_fake("decode", skip_blocks=2)  # D holds 32 of the prompt's tokens
+    router = await _router([prefill.address, decode.address], min_prompt_tokens=8)
+    try:
+        url = f"http://127.0.0.1:{router.http_port}/v1/completions"
+        cached_mostly, long_prompt = list(range(40, 76)), list(range(40, 100))
+        s1, b1, _ = await _post(url, {"prompt": cached_mostly, "max_tokens": 3})  # 36 - 32 < 8: colocated
+        s2, b2, _ = await _post(url, {"prompt": long_prompt, "max_tokens": 3})  # 60 - 32 >= 8: shipped
+        assert (s1, s2) == (200, 200), (b1, b2)
+        assert b1["choices"][0]["text"] == fake_text(cached_mostly, 3)
+        assert b2["choices"][0]["text"] == fake_text(long_prompt, 3)
+        assert [c for c, _ in decode.calls] == ["Reserve", "Generate", "Reserve", "Decode"]
+        assert [c for c, _ in prefill.calls] == ["Prefill"]
+        assert decode.reserved == {} and decode.live == set()
+    finally:
+        await router.stop()
+        await ps.stop(None)
+        await ds.stop(None)
