@@ -227,8 +227,10 @@ def test_serve_starts_prints_the_url_and_stops_without_orphans(
         assert {w["role"] for w in health["workers"]} == {"prefill", "decode"}
         print(f"tandem serve --launcher {launcher} ready in {ready_s:.1f}s")
     finally:
+        t_stop = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
+        print(f"tandem serve --launcher {launcher} stopped in {time.monotonic() - t_stop:.1f}s")
     assert code == 0
     deadline = time.monotonic() + 10  # Ray's own daemons may take a moment after the driver
     while any(_alive(c) for c in descendants) and time.monotonic() < deadline:
