@@ -82,8 +82,8 @@ async def _receiver(shape: Shape, port_out: mp.Queue) -> None:  # type: ignore[t
     import grpc
 
     from tandem.rpc.v1 import worker_pb2_grpc
-    from tandem.worker.kv_transfer import receive
     from tandem.worker.kv_transfer_peers import CHANNEL_OPTIONS
+    from tandem.worker.kv_transfer_receiver import receive
 
     layout = _layout(shape)
     dtype = layout.torch_dtype()
@@ -129,8 +129,9 @@ async def _ship(
     """One warm-up transfer, then `reps` timed ones over the same channels (as a
     worker reuses its channels to a peer). Timed: from opening the transfer
     (segment creation included) to the last chunk imported."""
-    from tandem.worker.kv_transfer import KVSender, TransferTarget, load_transport
+    from tandem.worker.kv_transfer import TransferTarget, load_transport
     from tandem.worker.kv_transfer_peers import PeerChannels
+    from tandem.worker.kv_transfer_sender import KVSender
 
     peers = PeerChannels()
     times = []

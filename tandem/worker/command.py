@@ -138,7 +138,7 @@ async def serve(config: WorkerConfig) -> None:
     from tandem.worker.async_engine import AsyncEngine
     from tandem.worker.kv_transfer import available_transports
     from tandem.worker.kv_transfer_peers import PeerChannels
-    from tandem.worker.kv_transport_shm import sweep_stale_segments
+    from tandem.worker.kv_transfer_segments import sweep_stale_segments
     from tandem.worker.service import ServiceSettings, WorkerService, host_id, start_server
 
     sweep_stale_segments()

@@ -20,18 +20,16 @@ already knows its rank.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
-import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter, Histogram
 
-from tandem.rpc.v1 import worker_pb2, worker_pb2_grpc
+from tandem.rpc.v1 import worker_pb2
 
 if TYPE_CHECKING:
     import torch
@@ -264,129 +262,6 @@ def available_transports(wanted: Sequence[str] | None = None) -> tuple[str, ...]
 def piece_ranges(num_blocks: int, per_piece: int) -> list[tuple[int, int]]:
     """Split [0, num_blocks) into (start, count) runs of at most per_piece blocks."""
     return [(s, min(per_piece, num_blocks - s)) for s in range(0, num_blocks, per_piece)]
-
-
-_DONE = object()
-
-
-class KVSender:
-    """Ships one request's KV: `submit` from the engine thread, then `finish`.
-
-    Chunks go through an asyncio queue to `num_streams` concurrent PushKV calls,
-    so encoding and sending overlap the engine's work on later layers.
-    """
-
-    def __init__(
-        self,
-        transport: KVTransport,
-        target: TransferTarget,
-        layout: KVLayout,
-        stubs: Sequence[worker_pb2_grpc.WorkerServiceStub],
-        deadline_s: float = PUSH_DEADLINE_S,
-    ) -> None:
-        if not stubs:
-            raise ValueError("KVSender needs at least one stub")
-        self.transport = transport
-        self._target = target
-        self._layout = layout
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._session = transport.open_session(target, layout)
-        self._bytes = 0
-        self._chunks = 0
-        self._started: float | None = None
-        self._closed = False
-        self._calls = [stub.PushKV(self._messages(), timeout=deadline_s) for stub in stubs]
-
-    def submit(self, chunk: ChunkLike) -> None:
-        """Enqueue one chunk; safe to call from any thread, never blocks."""
-        if self._started is None:
-            self._started = time.perf_counter()
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
-
-    async def _messages(self) -> AsyncIterator[worker_pb2.KVChunk]:
-        while True:
-            item = await self._queue.get()
-            if item is _DONE:
-                return
-            chunk: ChunkLike = item  # type: ignore[assignment]
-            msgs = await asyncio.to_thread(
-                self.transport.encode, self._session, chunk, self._target, self._layout
-            )
-            for msg in msgs:
-                self._chunks += 1
-                self._bytes += 2 * msg.num_blocks * self._layout.block_bytes
-                yield msg
-
-    async def finish(self) -> TransferStats:
-        """Wait until the receiver has imported every chunk; record the metrics."""
-        try:
-            # call_soon keeps FIFO order with the submits the engine thread
-            # scheduled (call_soon_threadsafe) before prefill returned.
-            for _ in self._calls:
-                self._loop.call_soon(self._queue.put_nowait, _DONE)
-            await asyncio.gather(*(_await_call(c) for c in self._calls))
-        except BaseException:
-            await self.abort()
-            raise
-        self._close(completed=True)
-        started = self._started if self._started is not None else time.perf_counter()
-        stats = TransferStats(
-            self.transport.name, self._bytes, self._chunks, time.perf_counter() - started
-        )
-        KV_TRANSFER_BYTES.labels(stats.transport).inc(stats.bytes)
-        KV_TRANSFER_SECONDS.labels(stats.transport).observe(stats.seconds)
-        return stats
-
-    async def abort(self) -> None:
-        """Stop sending and release the transfer's resources (idempotent)."""
-        for call in self._calls:
-            call.cancel()
-        self._close()
-
-    def _close(self, completed: bool = False) -> None:
-        if not self._closed:
-            self._closed = True
-            self._session.close(completed)
-
-
-async def _await_call(call: Awaitable[worker_pb2.PushKVResponse]) -> None:
-    import grpc
-
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        raise TransferError(f"PushKV failed: {exc.code().name}: {exc.details()}") from exc
-
-
-async def receive(
-    messages: AsyncIterator[worker_pb2.KVChunk],
-    layout: KVLayout,
-    accepted: Sequence[str],
-    import_kv: Callable[[KVChunk], None],
-) -> worker_pb2.PushKVResponse:
-    """Import every chunk of one PushKV stream; release transport state on every path."""
-    receivers: dict[str, KVReceiver] = {}
-    count = 0
-    nbytes = 0
-    try:
-        async for msg in messages:
-            name = transport_of(msg)
-            if name not in accepted:
-                raise BadKVMessage(f"KV transport {name!r} not accepted here ({list(accepted)})")
-            receiver = receivers.get(name)
-            if receiver is None:
-                receiver = receivers[name] = load_transport(name).open_receiver(layout)
-            chunk = receiver.decode(msg)
-            # The copy into the pool may wait for the engine thread: keep the loop free.
-            await asyncio.to_thread(import_kv, chunk)
-            count += 1
-            nbytes += 2 * msg.num_blocks * layout.block_bytes
-            del chunk
-    finally:
-        for receiver in receivers.values():
-            receiver.close()
-    return worker_pb2.PushKVResponse(chunks=count, bytes=nbytes)
 
 
 def transport_of(msg: worker_pb2.KVChunk) -> str:

@@ -28,14 +28,14 @@ from tandem.worker.config import ROLES
 from tandem.worker.kv_transfer import (
     DEFAULT_NUM_STREAMS,
     Endpoint,
-    KVSender,
     TransferError,
     TransferTarget,
     load_transport,
-    receive,
     select_transport,
 )
 from tandem.worker.kv_transfer_peers import CHANNEL_OPTIONS, PeerChannels
+from tandem.worker.kv_transfer_receiver import receive
+from tandem.worker.kv_transfer_sender import KVSender
 from tandem.worker.outputs import StepOutput
 from tandem.worker.status import grpc_errors
 

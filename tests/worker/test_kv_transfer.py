@@ -19,7 +19,6 @@ from tandem.worker import kv_transfer as kt
 from tandem.worker.kv_transfer import (
     Endpoint,
     KVLayout,
-    KVSender,
     NoCommonTransport,
     TransferError,
     TransferTarget,
@@ -28,14 +27,16 @@ from tandem.worker.kv_transfer import (
     select_transport,
 )
 from tandem.worker.kv_transfer_peers import CHANNEL_OPTIONS, PeerChannels
-from tandem.worker.kv_transport_shm import (
+from tandem.worker.kv_transfer_receiver import receive
+from tandem.worker.kv_transfer_segments import (
     PREFIX,
     ReceiverMaps,
     SegmentPool,
     segment_name,
-    segment_offsets,
     sweep_stale_segments,
 )
+from tandem.worker.kv_transfer_sender import KVSender
+from tandem.worker.kv_transport_shm import segment_offsets
 from tandem.worker.outputs import KVChunk
 
 LAYOUT = KVLayout(num_layers=3, block_size=4, num_kv_heads=2, head_dim=8, dtype="float32")
@@ -145,7 +146,7 @@ class _Recorder(worker_pb2_grpc.WorkerServiceServicer):
         self, request_iterator: AsyncIterator[worker_pb2.KVChunk], context: grpc.aio.ServicerContext
     ) -> worker_pb2.PushKVResponse:
         try:
-            return await kt.receive(request_iterator, LAYOUT, ("shm", "grpc"), self.import_kv)
+            return await receive(request_iterator, LAYOUT, ("shm", "grpc"), self.import_kv)
         except TransferError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises

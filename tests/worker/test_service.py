@@ -27,7 +27,7 @@ from tandem.worker.kv_transfer import (
     load_transport,
 )
 from tandem.worker.kv_transfer_peers import CHANNEL_OPTIONS, PeerChannels
-from tandem.worker.kv_transport_shm import PREFIX
+from tandem.worker.kv_transfer_segments import PREFIX
 from tandem.worker.service import ServiceSettings, WorkerService, start_server
 from tandem.worker.status import status_for
 
