@@ -97,7 +97,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "role", "kv_transports", "host_id", "device", "version", "pid")
+    __slots__ = ("model", "role", "kv_transports", "host_id", "device", "version", "pid", "kv_cuda_ipc")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSPORTS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class InfoResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    KV_CUDA_IPC_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     role: str
     kv_transports: _containers.RepeatedScalarFieldContainer[str]
@@ -112,7 +113,8 @@ class InfoResponse(_message.Message):
     device: str
     version: str
     pid: int
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., role: _Optional[str] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    kv_cuda_ipc: CudaIpcPool
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., role: _Optional[str] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ..., kv_cuda_ipc: _Optional[_Union[CudaIpcPool, _Mapping]] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ("prompt_token_ids",)
@@ -239,7 +241,7 @@ class ShmRegion(_message.Message):
     def __init__(self, segment: _Optional[str] = ..., k_offset: _Optional[int] = ..., v_offset: _Optional[int] = ...) -> None: ...
 
 class KVChunk(_message.Message):
-    __slots__ = ("request_id", "layer", "first_block", "num_blocks", "dtype", "k", "v", "shm")
+    __slots__ = ("request_id", "layer", "first_block", "num_blocks", "dtype", "k", "v", "shm", "cuda_ipc")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     FIRST_BLOCK_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +250,7 @@ class KVChunk(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     V_FIELD_NUMBER: _ClassVar[int]
     SHM_FIELD_NUMBER: _ClassVar[int]
+    CUDA_IPC_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     layer: int
     first_block: int
@@ -256,7 +259,46 @@ class KVChunk(_message.Message):
     k: bytes
     v: bytes
     shm: ShmRegion
-    def __init__(self, request_id: _Optional[str] = ..., layer: _Optional[int] = ..., first_block: _Optional[int] = ..., num_blocks: _Optional[int] = ..., dtype: _Optional[str] = ..., k: _Optional[bytes] = ..., v: _Optional[bytes] = ..., shm: _Optional[_Union[ShmRegion, _Mapping]] = ...) -> None: ...
+    cuda_ipc: CudaIpcChunk
+    def __init__(self, request_id: _Optional[str] = ..., layer: _Optional[int] = ..., first_block: _Optional[int] = ..., num_blocks: _Optional[int] = ..., dtype: _Optional[str] = ..., k: _Optional[bytes] = ..., v: _Optional[bytes] = ..., shm: _Optional[_Union[ShmRegion, _Mapping]] = ..., cuda_ipc: _Optional[_Union[CudaIpcChunk, _Mapping]] = ...) -> None: ...
+
+class CudaIpcTensor(_message.Message):
+    __slots__ = ("handle", "storage_size", "storage_offset", "ref_counter_handle", "ref_counter_offset", "event_handle", "event_sync_required")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REF_COUNTER_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    REF_COUNTER_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EVENT_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SYNC_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    handle: bytes
+    storage_size: int
+    storage_offset: int
+    ref_counter_handle: bytes
+    ref_counter_offset: int
+    event_handle: bytes
+    event_sync_required: bool
+    def __init__(self, handle: _Optional[bytes] = ..., storage_size: _Optional[int] = ..., storage_offset: _Optional[int] = ..., ref_counter_handle: _Optional[bytes] = ..., ref_counter_offset: _Optional[int] = ..., event_handle: _Optional[bytes] = ..., event_sync_required: _Optional[bool] = ...) -> None: ...
+
+class CudaIpcPool(_message.Message):
+    __slots__ = ("pool_id", "device_uuid", "num_blocks", "k", "v")
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    V_FIELD_NUMBER: _ClassVar[int]
+    pool_id: str
+    device_uuid: str
+    num_blocks: int
+    k: _containers.RepeatedCompositeFieldContainer[CudaIpcTensor]
+    v: _containers.RepeatedCompositeFieldContainer[CudaIpcTensor]
+    def __init__(self, pool_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., num_blocks: _Optional[int] = ..., k: _Optional[_Iterable[_Union[CudaIpcTensor, _Mapping]]] = ..., v: _Optional[_Iterable[_Union[CudaIpcTensor, _Mapping]]] = ...) -> None: ...
+
+class CudaIpcChunk(_message.Message):
+    __slots__ = ("pool_id",)
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    pool_id: str
+    def __init__(self, pool_id: _Optional[str] = ...) -> None: ...
 
 class PushKVResponse(_message.Message):
     __slots__ = ("chunks", "bytes")
