@@ -43,12 +43,21 @@ log = logging.getLogger(__name__)
 
 
 def host_id() -> str:
-    """Same value for every process that shares this host's /dev/shm."""
+    """Equal for two processes exactly when they can share KV through /dev/shm.
+
+    The boot id tells kernels (hosts) apart; the device number of the /dev/shm
+    mount tells apart containers of one host that each have their own tmpfs;
+    the hostname keeps the id readable.
+    """
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot = ""
-    return f"{socket.gethostname()}/{boot[:8]}"
+    try:
+        shm_dev = os.stat("/dev/shm").st_dev
+    except OSError:
+        shm_dev = 0
+    return f"{socket.gethostname()}/{boot[:8]}/{shm_dev:x}"
 
 
 def _version() -> str:

@@ -167,6 +167,19 @@ def test_bad_sampling_names_the_field() -> None:
         wire.sampling_from_pb(worker_pb2.SamplingParams(top_p=0.0))
 
 
+def test_host_id_is_shared_by_processes_of_this_host() -> None:
+    import subprocess
+    import sys
+
+    from tandem.worker.service import host_id
+
+    code = "from tandem.worker.service import host_id; print(host_id())"
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert other.stdout.strip() == host_id() != ""
+
+
 # ----- one worker -------------------------------------------------------------
 async def test_info_health_and_load(tiny_model: Path) -> None:
     async with running_worker(tiny_model, role="decode") as w:
