@@ -146,13 +146,24 @@ if checks.HAS_TRITON:
         tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=qmask)
 
 
-def default_tiles(head_dim: int, on_gpu: bool) -> tuple[int, int, int, int]:
-    """(block_m, block_n, num_warps, num_stages) that suit this head size."""
+def default_tiles(head_dim: int, elem_bytes: int, on_gpu: bool) -> tuple[int, int, int, int]:
+    """(block_m, block_n, num_warps, num_stages) for this head size and dtype.
+
+    Measured on an H100 (bench/NOTES-kernels.md): 128 x 128 tiles, 8 warps and
+    3 stages for 16-bit head_dim 128. The K/V pipeline stages must fit in 227 KB
+    of shared memory and the tiles in registers, so wider heads take smaller tiles
+    (sizes checked by compiling for sm_90)."""
     if not on_gpu:
         return 16, 16, 4, 1
+    if elem_bytes > 2:
+        # float32 runs its dots as exact FMAs (input_precision="ieee"), not on the
+        # tensor cores: small tiles keep it out of local memory. Not a fast path.
+        return 32, 32, 4, 2
     if head_dim <= 64:
         return 128, 64, 4, 3
-    return 128, 128, 8, 3
+    if head_dim <= 128:
+        return 128, 128, 8, 3
+    return 64, 32, 4, 2
 
 
 def paged_prefill_attention(
@@ -170,11 +181,13 @@ def paged_prefill_attention(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-    pack_gqa: bool = False,
+    pack_gqa: bool | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim]
     """Triton launcher; same contract as `paged_prefill_attention_ref`.
     `max_query_len` bounds every sequence's query length (it sizes the grid,
-    so no host sync is needed); the keywords after `out` are tuning knobs."""
+    so no host sync is needed); the keywords after `out` are tuning knobs
+    (None: the measured defaults; `pack_gqa` puts the query heads of one KV
+    head into the rows of one tile so each K/V tile is loaded once per group)."""
     check_paged(q, k_cache, v_cache, block_tables, seq_lens)
     batch = seq_lens.shape[0]
     checks.check_ndim("query_start_loc", query_start_loc, 1, "[batch + 1]")
@@ -189,7 +202,7 @@ def paged_prefill_attention(
     if num_tokens == 0 or batch == 0 or max_query_len <= 0:
         return out
     on_gpu = q.is_cuda
-    tiles = default_tiles(head_dim, on_gpu)
+    tiles = default_tiles(head_dim, q.element_size(), on_gpu)
     block_m = block_m or tiles[0]
     block_n = block_n or tiles[1]
     checks.check_power_of_two("block_m", block_m, 16)
@@ -197,6 +210,8 @@ def paged_prefill_attention(
     block_d = max(16, checks.next_power_of_two(head_dim))
     group = num_heads // num_kv_heads
     # Packing the GQA group into the rows of one tile reads each K/V tile once per group.
+    if pack_gqa is None:  # measured faster on the H100 for Llama-3-8B's group of 4
+        pack_gqa = on_gpu and 1 < group <= block_m // 16
     group_tile = checks.next_power_of_two(group) if pack_gqa and group > 1 else 1
     if group_tile >= block_m:
         raise checks.KernelInputError(f"block_m {block_m} must exceed the packed group {group_tile}")
