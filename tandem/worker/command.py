@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tandem.worker")
 
-_TRANSPORTS = ("shm", "grpc")
+_TRANSPORTS = ("cuda_ipc", "shm", "grpc")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class WorkerConfig:
     kv_transports: tuple[str, ...] = _TRANSPORTS  # accepted for receiving, fastest first
     kv_streams: int = 4  # parallel PushKV streams per transfer
     drain_timeout_s: float = 30.0  # SIGTERM waits this long for in-flight work
+    load_format: str = "safetensors"  # or "dummy": random weights (benchmarks)
 
     def __post_init__(self) -> None:
         if not (Path(self.model) / "config.json").is_file():
@@ -72,6 +73,7 @@ class WorkerConfig:
             num_kv_blocks=self.num_kv_blocks,
             max_num_batched_tokens=self.max_num_batched_tokens,
             role=self.role,
+            load_format=self.load_format,
         )
 
 
@@ -103,6 +105,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for work"
     )
+    p.add_argument(
+        "--load-format",
+        choices=("safetensors", "dummy"),
+        default="safetensors",
+        help="dummy: random weights of the config's shape, no *.safetensors needed (benchmarks)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -121,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         kv_transports=tuple(t for t in args.kv_transports.split(",") if t),
         kv_streams=args.kv_streams,
         drain_timeout_s=args.drain_timeout,
+        load_format=args.load_format,
     )
 
 
@@ -144,9 +153,11 @@ async def serve(config: WorkerConfig) -> None:
     sweep_stale_segments()
     engine = AsyncEngine.start(config.engine_config())
     device = str(engine.engine.runner.device)
-    settings = ServiceSettings(
-        available_transports(config.kv_transports), host_id(), device, config.kv_streams
+    # cuda_ipc maps this engine's KV cache: only when it lives on a GPU.
+    transports = tuple(
+        t for t in available_transports(config.kv_transports) if t != "cuda_ipc" or device != "cpu"
     )
+    settings = ServiceSettings(transports, host_id(), device, config.kv_streams)
     peers = PeerChannels()
     service = WorkerService(engine, settings, peers)
     server, port = await start_server(service, config.host, config.port)

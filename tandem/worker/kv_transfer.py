@@ -46,10 +46,11 @@ SAME_HOST_ONLY = frozenset({"cuda_ipc", "shm"})
 _TRANSPORT_MODULES = {
     "grpc": "tandem.worker.kv_transport_grpc",
     "shm": "tandem.worker.kv_transport_shm",
+    "cuda_ipc": "tandem.worker.kv_transport_cuda_ipc",
 }
 #: The KVChunk message field that marks a transport's messages; a message
 #: with none of them carries its bytes inline ("grpc").
-_MESSAGE_FIELDS = {"shm": "shm"}
+_MESSAGE_FIELDS = {"shm": "shm", "cuda_ipc": "cuda_ipc"}
 #: Largest K+V payload of one PushKV message (gRPC's default limit is 4 MiB).
 MAX_PIECE_BYTES = 4 * 1024 * 1024
 #: Message limit set on worker channels/servers: above MAX_PIECE_BYTES so that

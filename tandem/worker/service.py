@@ -99,7 +99,7 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
         return worker_pb2.HealthResponse(status=status, role=self.engine.role)
 
     async def Info(self, request, context):  # type: ignore[no-untyped-def]
-        return worker_pb2.InfoResponse(
+        info = worker_pb2.InfoResponse(
             model=wire.model_info_pb(self.engine.model_info),
             role=self.engine.role,
             kv_transports=self.settings.kv_transports,
@@ -108,6 +108,12 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
             version=_version(),
             pid=os.getpid(),
         )
+        if "cuda_ipc" in self.settings.kv_transports:
+            # The transport's handshake: senders map this worker's KV cache once.
+            from tandem.worker.kv_transport_cuda_ipc import export_pool
+
+            info.kv_cuda_ipc.CopyFrom(export_pool(self.engine.engine.runner.kv_caches))
+        return info
 
     async def Load(self, request, context):  # type: ignore[no-untyped-def]
         prompt = list(request.prompt_token_ids) or None

@@ -24,7 +24,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def test_defaults_and_engine_config(tmp_path: Path) -> None:
     cfg = config_from_args(_parse(["--model", _model(tmp_path), "--role", "decode", "--port", "9"]))
-    assert cfg.role == "decode" and cfg.port == 9 and cfg.kv_transports == ("shm", "grpc")
+    assert cfg.role == "decode" and cfg.port == 9 and cfg.kv_transports == ("cuda_ipc", "shm", "grpc")
     engine = cfg.engine_config()
     assert engine.role == "decode" and engine.model == cfg.model and engine.block_size == 16
 
