@@ -1,0 +1,85 @@
+"""Compile the attention kernels for sm_90 (H100/H200) on any machine, no GPU
+needed, with the launchers' default tiles, and print each configuration's
+shared-memory size as JSON lines.
+
+The CPU interpreter cannot see resource limits (a tile set that needs more
+shared memory than the chip has runs fine there and fails on the GPU), so
+test_sm90_compile.py runs this in a subprocess without TRITON_INTERPRET.
+Integer arguments carry the divisibility-by-16 hint that Triton's launcher
+adds at run time for such values, so the code is what the GPU would get.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+
+from tandem.kernels import paged_decode_attention as decode
+from tandem.kernels import paged_prefill_attention as prefill
+
+_INDEX_PTRS = {"block_tables_ptr": "*i32", "query_start_ptr": "*i32", "seq_lens_ptr": "*i32"}
+_FLOAT_PTRS = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32"}
+_NOT_DIVISIBLE = {"group", "num_splits", "qk_scale"}
+
+
+def shared_bytes(fn: Any, constexprs: dict[str, Any], elem: str, num_warps: int, num_stages: int) -> int:
+    names = fn.arg_names
+    signature: dict[str, str] = {}
+    for name in names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in _INDEX_PTRS or name in _FLOAT_PTRS:
+            signature[name] = {**_INDEX_PTRS, **_FLOAT_PTRS}[name]
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + elem
+        else:
+            signature[name] = "fp32" if name == "qk_scale" else "i32"
+    attrs = {
+        (names.index(n),): [["tt.divisibility", 16]]
+        for n in names
+        if n not in constexprs and n not in _NOT_DIVISIBLE
+    }
+    source = ASTSource(
+        fn, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs
+    )
+    kernel = compile(
+        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages}
+    )
+    return int(kernel.metadata.shared)
+
+
+def prefill_case(elem: str, elem_bytes: int, head_dim: int, group: int) -> dict[str, Any]:
+    block_m, block_n, warps, stages = prefill.default_tiles(head_dim, elem_bytes, on_gpu=True)
+    group_tile = group if 1 < group <= block_m // 16 else 1  # powers of two here
+    consts = {
+        "BLOCK_SIZE": 16, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": head_dim,
+        "GROUP_TILE": group_tile, "EVEN_D": True, "UPCAST": False, "IEEE": elem == "fp32",
+    }  # fmt: skip
+    smem = shared_bytes(prefill._paged_prefill_attention_kernel, consts, elem, warps, stages)
+    return {"kernel": "prefill", "dtype": elem, "head_dim": head_dim, "shared": smem}
+
+
+def decode_case(elem: str, head_dim: int) -> dict[str, Any]:
+    consts = {
+        "BLOCK_SIZE": 16, "BLOCK_G": 16, "BLOCK_D": head_dim, "BLOCK_N": 64 if head_dim <= 128 else 32,
+        "SPLIT": True, "EVEN_D": True, "UPCAST": False, "IEEE": elem == "fp32",
+    }  # fmt: skip
+    smem = shared_bytes(decode._paged_decode_attention_kernel, consts, elem, 4, 2)
+    return {"kernel": "decode", "dtype": elem, "head_dim": head_dim, "shared": smem}
+
+
+def main() -> None:
+    cases = [
+        lambda: prefill_case("bf16", 2, 128, 4),
+        lambda: prefill_case("fp32", 4, 128, 1),
+        lambda: decode_case("bf16", 128),
+    ]
+    for case in cases:
+        print(json.dumps(case()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
