@@ -57,6 +57,8 @@ MAX_PIECE_BYTES = 4 * 1024 * 1024
 #: one block larger than a piece (huge heads) still fits in a message.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_NUM_STREAMS = 4
+#: gRPC method that carries KV chunks (called with pre-encoded messages).
+PUSH_KV_METHOD = "/tandem.v1.WorkerService/PushKV"
 #: Deadline of one PushKV call: a transfer that takes longer has failed.
 PUSH_DEADLINE_S = 120.0
 
@@ -224,8 +226,11 @@ class KVTransport(ABC):
     @abstractmethod
     def encode(
         self, session: TransportSession, chunk: ChunkLike, target: TransferTarget, layout: KVLayout
-    ) -> list[worker_pb2.KVChunk]:
-        """PushKV messages for one chunk (runs in a worker thread: may copy)."""
+    ) -> list[bytes]:
+        """Wire-encoded PushKV messages (tandem.v1.KVChunk) for one chunk. Runs in
+        a worker thread, off the event loop: it may copy. Transports encode
+        themselves because protobuf's generic serializer is slow for large
+        byte fields (about 0.4 GB/s here, against several GB/s for a join)."""
 
     @abstractmethod
     def open_receiver(self, layout: KVLayout) -> KVReceiver:

@@ -13,7 +13,7 @@ import time
 import grpc
 
 from tandem.rpc.v1 import worker_pb2, worker_pb2_grpc
-from tandem.worker.kv_transfer import MAX_MESSAGE_BYTES, Endpoint
+from tandem.worker.kv_transfer import MAX_MESSAGE_BYTES, PUSH_KV_METHOD, Endpoint
 
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -36,6 +36,17 @@ class PeerChannels:
         while len(channels) < count:
             channels.append(grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
         return [worker_pb2_grpc.WorkerServiceStub(c) for c in channels[:count]]
+
+    def push_kv(self, address: str, count: int) -> list[grpc.aio.StreamUnaryMultiCallable]:
+        """`count` PushKV callables to `address`, each on its own connection. They
+        take messages already encoded (bytes): KVTransport.encode does that."""
+        self.stubs(address, count)  # opens the channels
+        return [
+            channel.stream_unary(
+                PUSH_KV_METHOD, response_deserializer=worker_pb2.PushKVResponse.FromString
+            )
+            for channel in self._channels[address][:count]
+        ]
 
     async def endpoint(self, address: str) -> Endpoint:
         """The peer's accepted transports and host id (from Info, cached)."""

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import grpc
 
-from tandem.rpc.v1 import worker_pb2, worker_pb2_grpc
+from tandem.rpc.v1 import worker_pb2
 from tandem.worker.kv_transfer import (
     KV_TRANSFER_BYTES,
     KV_TRANSFER_SECONDS,
@@ -37,11 +37,11 @@ class KVSender:
         transport: KVTransport,
         target: TransferTarget,
         layout: KVLayout,
-        stubs: Sequence[worker_pb2_grpc.WorkerServiceStub],
+        pushers: Sequence[grpc.aio.StreamUnaryMultiCallable],
         deadline_s: float = PUSH_DEADLINE_S,
     ) -> None:
-        if not stubs:
-            raise ValueError("KVSender needs at least one stub")
+        if not pushers:
+            raise ValueError("KVSender needs at least one PushKV callable")
         self.transport = transport
         self._target = target
         self._layout = layout
@@ -52,7 +52,7 @@ class KVSender:
         self._chunks = 0
         self._started: float | None = None
         self._closed = False
-        self._calls = [stub.PushKV(self._messages(), timeout=deadline_s) for stub in stubs]
+        self._calls = [push(self._messages(), timeout=deadline_s) for push in pushers]
 
     def submit(self, chunk: ChunkLike) -> None:
         """Enqueue one chunk; safe to call from any thread, never blocks."""
@@ -60,7 +60,7 @@ class KVSender:
             self._started = time.perf_counter()
         self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
 
-    async def _messages(self) -> AsyncIterator[worker_pb2.KVChunk]:
+    async def _messages(self) -> AsyncIterator[bytes]:
         while True:
             item = await self._queue.get()
             if item is _DONE:
@@ -69,9 +69,9 @@ class KVSender:
             msgs = await asyncio.to_thread(
                 self.transport.encode, self._session, chunk, self._target, self._layout
             )
+            self._chunks += 1
+            self._bytes += 2 * chunk.k.shape[0] * self._layout.block_bytes
             for msg in msgs:
-                self._chunks += 1
-                self._bytes += 2 * msg.num_blocks * self._layout.block_bytes
                 yield msg
 
     async def finish(self) -> TransferStats:

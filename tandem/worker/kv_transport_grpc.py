@@ -30,12 +30,36 @@ from tandem.worker.outputs import KVChunk
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """Raw bytes of a tensor (any device, any dtype), C order."""
+def tensor_buffer(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a tensor (any device, any dtype), C order, without a copy
+    where the tensor is already a contiguous CPU tensor."""
     t = t.detach().contiguous()
     if t.device.type != "cpu":
         t = t.cpu()
-    return t.view(-1).view(torch.uint8).numpy().tobytes()
+    return t.view(-1).view(torch.uint8).numpy().data  # a memoryview, no copy
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+# Wire tags of KVChunk.k (field 6) and KVChunk.v (field 7): length-delimited.
+_K_TAG = bytes([6 << 3 | 2])
+_V_TAG = bytes([7 << 3 | 2])
+
+
+def encode_chunk(header: worker_pb2.KVChunk, k: memoryview, v: memoryview) -> bytes:
+    """`header` with k and v set, in protobuf wire format: the small header goes
+    through protobuf, the payload is appended in one join (one copy). Protobuf
+    parses fields in any order, so this equals a full SerializeToString."""
+    return b"".join(
+        (header.SerializeToString(), _K_TAG, _varint(k.nbytes), k, _V_TAG, _varint(v.nbytes), v)
+    )
 
 
 def tensor_from_bytes(data: bytes, layout: KVLayout, num_blocks: int) -> torch.Tensor:
@@ -55,21 +79,20 @@ class GrpcTransport(KVTransport):
 
     def encode(
         self, session: TransportSession, chunk: ChunkLike, target: TransferTarget, layout: KVLayout
-    ) -> list[worker_pb2.KVChunk]:
+    ) -> list[bytes]:
         n = chunk.k.shape[0]
         msgs = []
         for start, count in piece_ranges(n, layout.blocks_per_piece()):
-            msgs.append(
-                worker_pb2.KVChunk(
-                    request_id=target.request_id,
-                    layer=chunk.layer,
-                    first_block=chunk.first_block + start,
-                    num_blocks=count,
-                    dtype=layout.dtype,
-                    k=tensor_bytes(chunk.k[start : start + count]),
-                    v=tensor_bytes(chunk.v[start : start + count]),
-                )
+            header = worker_pb2.KVChunk(
+                request_id=target.request_id,
+                layer=chunk.layer,
+                first_block=chunk.first_block + start,
+                num_blocks=count,
+                dtype=layout.dtype,
             )
+            k = tensor_buffer(chunk.k[start : start + count])
+            v = tensor_buffer(chunk.v[start : start + count])
+            msgs.append(encode_chunk(header, k, v))
         return msgs
 
     def open_receiver(self, layout: KVLayout) -> KVReceiver:

@@ -88,7 +88,7 @@ class ShmTransport(KVTransport):
 
     def encode(
         self, session: TransportSession, chunk: ChunkLike, target: TransferTarget, layout: KVLayout
-    ) -> list[worker_pb2.KVChunk]:
+    ) -> list[bytes]:
         assert isinstance(session, ShmSession)
         if session.mapping is None:
             raise TransferError("shm transfer closed (or has nothing to ship)")
@@ -111,7 +111,7 @@ class ShmTransport(KVTransport):
                 num_blocks=n,
                 dtype=layout.dtype,
                 shm=region,
-            )
+            ).SerializeToString()
         ]
 
     def open_receiver(self, layout: KVLayout) -> KVReceiver:

@@ -203,7 +203,10 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
         streams = target.num_streams or self.settings.kv_streams
         try:
             return KVSender(
-                load_transport(name), target, self.layout, self.peers.stubs(target.address, streams)
+                load_transport(name),
+                target,
+                self.layout,
+                self.peers.push_kv(target.address, streams),
             )
         except TransferError:
             if name == "grpc" or target.transport:
@@ -219,7 +222,7 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
                 load_transport("grpc"),
                 target,
                 self.layout,
-                self.peers.stubs(target.address, streams),
+                self.peers.push_kv(target.address, streams),
             )
 
     # ----- control -------------------------------------------------------

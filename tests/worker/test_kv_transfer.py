@@ -180,7 +180,7 @@ def _segments() -> set[str]:
 
 async def _ship(transport: str, chunks: list[KVChunk], target: TransferTarget, peers, streams=3):
     sender = KVSender(
-        load_transport(transport), target, LAYOUT, peers.stubs(target.address, streams)
+        load_transport(transport), target, LAYOUT, peers.push_kv(target.address, streams)
     )
     # The engine thread calls the sink; do the same from a plain thread.
     feeder = threading.Thread(target=lambda: [sender.submit(c) for c in chunks])
@@ -282,10 +282,26 @@ async def test_grpc_pieces_stay_under_the_message_limit() -> None:
     )
     target = TransferTarget("x:1", "d", tuple(range(150)), 0)
     grpc_transport = load_transport("grpc")
-    msgs = grpc_transport.encode(grpc_transport.open_session(target, big), chunk, target, big)
+    wire = grpc_transport.encode(grpc_transport.open_session(target, big), chunk, target, big)
+    msgs = [worker_pb2.KVChunk.FromString(w) for w in wire]
     assert [m.first_block for m in msgs] == [0, 64, 128]
     assert all(len(m.k) + len(m.v) <= kt.MAX_PIECE_BYTES for m in msgs)
     assert sum(m.num_blocks for m in msgs) == 150
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 4 << 20])
+def test_fast_wire_encoding_equals_protobuf(size: int) -> None:
+    from tandem.worker.kv_transport_grpc import encode_chunk
+
+    k, v = bytes(range(256)) * (size // 256) + b"k" * (size % 256), b"v" * (size // 2)
+    header = worker_pb2.KVChunk(
+        request_id="r", layer=3, first_block=7, num_blocks=2, dtype="float32"
+    )
+    full = worker_pb2.KVChunk()
+    full.CopyFrom(header)
+    full.k, full.v = k, v
+    fast = encode_chunk(header, memoryview(k), memoryview(v))
+    assert worker_pb2.KVChunk.FromString(fast) == full
 
 
 @pytest.mark.parametrize("transport", ["grpc", "shm"])
@@ -309,7 +325,7 @@ async def test_abort_removes_the_shm_segment() -> None:
     before = _segments()
     # Nobody listens: the abort must still clean up at once.
     target = TransferTarget("127.0.0.1:1", "d", tuple(range(4)), 0, "shm")
-    sender = KVSender(load_transport("shm"), target, LAYOUT, peers.stubs(target.address, 2))
+    sender = KVSender(load_transport("shm"), target, LAYOUT, peers.push_kv(target.address, 2))
     assert len(_segments() - before) == 1
     sender.submit(_chunks(LAYOUT, 4, 0, 4)[0])
     await sender.abort()
