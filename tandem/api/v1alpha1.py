@@ -314,6 +314,12 @@ _BUDGET_RULE: dict[str, JsonValue] = {
 }
 
 
+def _default_of(model: type[_Model]) -> dict[str, JsonValue]:
+    """The object's defaults in full: the API server checks a default against the CEL rules
+    as it stands, before the defaults of its own fields would fill it in."""
+    return {"default": model().model_dump(by_alias=True, exclude_none=True, mode="json")}
+
+
 class InferencePoolSpec(_Model):
     model_config = ConfigDict(json_schema_extra=_BUDGET_RULE)
 
@@ -327,14 +333,20 @@ class InferencePoolSpec(_Model):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, alias="imagePullPolicy"
     )
-    router: RouterSpec = Field(default_factory=RouterSpec, json_schema_extra={"default": {}})
-    prefill: PrefillSpec = Field(default_factory=PrefillSpec, json_schema_extra={"default": {}})
-    decode: DecodeSpec = Field(default_factory=DecodeSpec, json_schema_extra={"default": {}})
+    router: RouterSpec = Field(
+        default_factory=RouterSpec, json_schema_extra=_default_of(RouterSpec)
+    )
+    prefill: PrefillSpec = Field(
+        default_factory=PrefillSpec, json_schema_extra=_default_of(PrefillSpec)
+    )
+    decode: DecodeSpec = Field(
+        default_factory=DecodeSpec, json_schema_extra=_default_of(DecodeSpec)
+    )
     disaggregation: Disaggregation = Field(
-        default_factory=Disaggregation, json_schema_extra={"default": {}}
+        default_factory=Disaggregation, json_schema_extra=_default_of(Disaggregation)
     )
     kv_transfer: KVTransfer = Field(
-        default_factory=KVTransfer, alias="kvTransfer", json_schema_extra={"default": {}}
+        default_factory=KVTransfer, alias="kvTransfer", json_schema_extra=_default_of(KVTransfer)
     )
     traffic: Traffic | None = None
     autoscaling: Autoscaling | None = None
