@@ -258,7 +258,7 @@ async def _ipc_copy_seconds(
 ) -> float:
     """Device time of cuda_ipc's data path alone: every chunk copied into the peer's
     reserved blocks on the transport's stream, timed with CUDA events."""
-    from tandem.worker.kv_transport_cuda_ipc import TRANSPORT
+    from tandem.worker.kv_transport_cuda_ipc import TRANSPORT, block_runs
 
     pb = await _reserve(d, "copy-only", prompt, "cuda_ipc", 1)
     peer = await asyncio.to_thread(TRANSPORT.peer, d.address, layout)
@@ -270,11 +270,10 @@ async def _ipc_copy_seconds(
         start.record(stream)
         with torch.cuda.stream(stream):
             for c in chunks:
-                n = c.k.shape[0]
-                first = ids[c.first_block]
-                assert ids[c.first_block : c.first_block + n] == list(range(first, first + n))
-                peer.k[c.layer][first : first + n].copy_(c.k, non_blocking=True)
-                peer.v[c.layer][first : first + n].copy_(c.v, non_blocking=True)
+                dst = ids[c.first_block : c.first_block + c.k.shape[0]]
+                for src, first, n in block_runs(dst):
+                    peer.k[c.layer][first : first + n].copy_(c.k[src : src + n], non_blocking=True)
+                    peer.v[c.layer][first : first + n].copy_(c.v[src : src + n], non_blocking=True)
         end.record(stream)
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
@@ -325,8 +324,16 @@ async def disaggregation(args: argparse.Namespace, device: str, transports: list
             "load_format": "safetensors",
             "num_kv_blocks": 512,
         }
-    p, d = await _start([{**common, "role": r, "device": device, "transports": transports, "log_dir": log_dir}
-                         for r in ("prefill", "decode")])  # fmt: skip
+    # One after the other: loading stages weights in float32, and two such peaks at
+    # once would not fit one GPU next to each other.
+    specs = [{**common, "role": r, "device": device, "transports": transports, "log_dir": log_dir}
+             for r in ("prefill", "decode")]  # fmt: skip
+    (p,) = await _start(specs[:1])
+    try:
+        (d,) = await _start(specs[1:])
+    except BaseException:
+        await p.stop()
+        raise
     out: dict[str, Any] = {"bandwidth": [], "overlap": []}
     try:
         info = await d.ready()

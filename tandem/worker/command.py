@@ -153,6 +153,12 @@ async def serve(config: WorkerConfig) -> None:
     sweep_stale_segments()
     engine = AsyncEngine.start(config.engine_config())
     device = str(engine.engine.runner.device)
+    if device.startswith("cuda"):
+        import torch
+
+        # Give back what loading freed (e.g. float32 staging of the weights): a
+        # second worker on the same GPU needs it.
+        torch.cuda.empty_cache()
     # cuda_ipc maps this engine's KV cache: only when it lives on a GPU.
     transports = tuple(
         t for t in available_transports(config.kv_transports) if t != "cuda_ipc" or device != "cpu"
