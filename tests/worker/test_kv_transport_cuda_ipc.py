@@ -354,9 +354,11 @@ def test_a_dead_decode_worker_does_not_take_the_prefill_worker_down(gpu_workers)
     )
     proc.kill()
     proc.wait(30)
+    # The target names D's transports, so P picks cuda_ipc without asking the dead D.
     target = worker_pb2.KVTarget(
-        address=d_address, request_id="x", block_ids=res.block_ids, transport="cuda_ipc"
-    )
+        address=d_address, request_id="x", block_ids=res.block_ids, transport="cuda_ipc",
+        accepted_transports=res.kv_transports, host_id=res.host_id,
+    )  # fmt: skip
     with pytest.raises(grpc.RpcError):
         p.Prefill(
             worker_pb2.PrefillRequest(
