@@ -80,6 +80,10 @@ def run(config: OperatorConfig) -> int:
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=config.liveness,
-        memo=kopf.Memo(default_image=config.default_image, kubeconfig=config.kubeconfig),
+        memo=kopf.Memo(
+            default_image=config.default_image,
+            kubeconfig=config.kubeconfig,
+            namespaces=config.namespaces,
+        ),
     )
     return 0

@@ -49,6 +49,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING  # Events carry what we did, not every log line
     settings.posting.reporting_component = "tandem-operator"
     settings.watching.server_timeout = 300
+    if memo.get("namespaces"):
+        # Serving named namespaces needs no cluster-wide listing of namespaces or CRDs
+        # (which a namespaced install's RoleBindings do not grant): observe statically.
+        settings.scanning.disabled = True
     memo.kube = Kube(await asyncio.to_thread(api_client, memo.get("kubeconfig")))
     memo.locks = defaultdict(asyncio.Lock)
 

@@ -17,6 +17,9 @@ from tests.devcluster_plugin import DevCluster
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
+#: helm renders offline as if for this server (its built-in default is far older than the
+#: chart's kubeVersion); installs use the real server's version.
+KUBE_VERSION = "v1.37.2"
 
 
 def wait_for(

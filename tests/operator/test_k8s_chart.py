@@ -11,7 +11,7 @@ import yaml
 
 from tandem.api.crd import crd
 from tests.devcluster_plugin import DevCluster
-from tests.operator.kube_harness import REPO, get_json, wait_for
+from tests.operator.kube_harness import KUBE_VERSION, REPO, get_json, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -20,7 +20,16 @@ MONITORING = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/
 
 
 def _template(cluster: DevCluster, *args: str) -> list[dict[str, Any]]:
-    out = cluster.helm("template", "rel", CHART, "--namespace", "tandem-system", *args).stdout
+    out = cluster.helm(
+        "template",
+        "rel",
+        CHART,
+        "--namespace",
+        "tandem-system",
+        "--kube-version",
+        KUBE_VERSION,
+        *args,
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -29,12 +38,14 @@ def _kinds(docs: list[dict[str, Any]]) -> set[str]:
 
 
 def test_lint(dev_cluster: DevCluster) -> None:
-    result = dev_cluster.helm("lint", "--strict", CHART)
+    result = dev_cluster.helm("lint", "--strict", CHART, "--kube-version", KUBE_VERSION)
     assert "0 chart(s) failed" in result.stdout
 
 
 def test_lint_rejects_values_against_the_schema(dev_cluster: DevCluster) -> None:
-    result = dev_cluster.helm("lint", CHART, "--set", "replicaCount=2", check=False)
+    result = dev_cluster.helm(
+        "lint", CHART, "--kube-version", KUBE_VERSION, "--set", "replicaCount=2", check=False
+    )
     assert result.returncode != 0 and "replicaCount" in result.stdout + result.stderr
 
 

@@ -18,7 +18,14 @@ import pytest
 import yaml
 
 from tests.devcluster_plugin import DevCluster
-from tests.operator.kube_harness import REPO, OperatorProcess, condition, get_json, wait_for
+from tests.operator.kube_harness import (
+    KUBE_VERSION,
+    REPO,
+    OperatorProcess,
+    condition,
+    get_json,
+    wait_for,
+)
 
 pytestmark = pytest.mark.k8s
 
@@ -78,10 +85,16 @@ def operator_identity(dev_cluster: DevCluster) -> Iterator[Path]:
     """Bind the chart's own ClusterRole to the non-admin user: the test proves it suffices."""
     name = f"tandem-op-test-{uuid.uuid4().hex[:6]}"
     rendered = dev_cluster.helm(
-        "template", name, str(CHART), "--show-only", "templates/clusterrole.yaml"
+        "template",
+        name,
+        str(CHART),
+        "--show-only",
+        "templates/clusterrole.yaml",
+        "--kube-version",
+        KUBE_VERSION,
     ).stdout
     role = yaml.safe_load(rendered)
-    assert role["kind"] == "ClusterRole" and role["metadata"]["name"] == f"{name}-tandem"
+    assert role["kind"] == "ClusterRole" and role["metadata"]["name"] == name
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
