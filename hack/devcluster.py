@@ -169,54 +169,80 @@ class Cluster:
 # ---------------------------------------------------------------- pure parts
 
 
-def component_args(spec: ClusterSpec, ports: Ports, layout: Layout, stages: Path) -> dict[str, list[str]]:
+def component_args(
+    spec: ClusterSpec, ports: Ports, layout: Layout, stages: Path
+) -> dict[str, list[str]]:
     """The command line of every component, in start order."""
     pki, b = layout.pki, spec.bin_dir
     etcd_url = f"http://127.0.0.1:{ports.etcd_client}"
     peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
     return {
         "etcd": [
-            str(b / "etcd"), "--name=default", f"--data-dir={layout.etcd_data}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            str(b / "etcd"),
+            "--name=default",
+            f"--data-dir={layout.etcd_data}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
             f"--initial-cluster=default={peer_url}",
             # A throw-away store: durability buys nothing and fsync costs seconds.
-            "--unsafe-no-fsync=true", "--log-level=warn",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
         ],
         "kube-apiserver": [
-            str(b / "kube-apiserver"), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={ports.apiserver}", f"--cert-dir={pki}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={layout.token_file}",
+            str(b / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--token-auth-file={layout.token_file}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-account-issuer={SA_ISSUER}", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
             # No kubelets and one apiserver: nobody needs the `kubernetes` Endpoints.
-            "--endpoint-reconciler-type=none", "--profiling=false",
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
         ],
         "kube-controller-manager": [
             str(b / "kube-controller-manager"),
             f"--kubeconfig={layout.kubeconfig('controller-manager')}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports.controller_manager}",
-            "--leader-elect=false", "--use-service-account-credentials=true",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.controller_manager}",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}",
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--profiling=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false",
         ],
         "kube-scheduler": [
-            str(b / "kube-scheduler"), f"--kubeconfig={layout.kubeconfig('scheduler')}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports.scheduler}",
-            "--leader-elect=false", "--profiling=false",
+            str(b / "kube-scheduler"),
+            f"--kubeconfig={layout.kubeconfig('scheduler')}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.scheduler}",
+            "--leader-elect=false",
+            "--profiling=false",
         ],
         "kwok": [
-            str(b / "kwok"), f"--kubeconfig={layout.kubeconfig('kwok')}", f"--config={stages}",
+            str(b / "kwok"),
+            f"--kubeconfig={layout.kubeconfig('kwok')}",
+            f"--config={stages}",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
-            f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1", f"--node-port={ports.kwok}",
-            f"--server-address=127.0.0.1:{ports.kwok}", "--node-lease-duration-seconds=40",
+            f"--cidr={POD_CIDR}",
+            "--node-ip=127.0.0.1",
+            f"--node-port={ports.kwok}",
+            f"--server-address=127.0.0.1:{ports.kwok}",
+            "--node-lease-duration-seconds=40",
         ],
     }
 
@@ -238,7 +264,12 @@ def kubeconfig_text(server: str, ca_file: Path, user: str, token: str) -> str:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "tandem-dev", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "clusters": [
+            {
+                "name": "tandem-dev",
+                "cluster": {"server": server, "certificate-authority": str(ca_file)},
+            }
+        ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "tandem-dev", "context": {"cluster": "tandem-dev", "user": user}}],
         "current-context": "tandem-dev",
@@ -295,8 +326,14 @@ def _spawn(component: str, argv: list[str], log: Path) -> ProcessRecord:
     with log.open("ab") as out:
         # A session of its own: a terminal's Ctrl-C does not reach it, and `down`
         # can signal the whole group.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=log.parent)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=log.parent,
+        )
     ticks = _start_ticks(proc.pid)
     if ticks is None:
         raise ClusterError(f"{component} exited at once; see {log}")
@@ -333,8 +370,14 @@ def free_ports(count: int) -> list[int]:
 # ---------------------------------------------------------------- HTTP to the components
 
 
-def _request(url: str, token: str | None, ca_file: Path | None, method: str = "GET",
-             body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+def _request(
+    url: str,
+    token: str | None,
+    ca_file: Path | None,
+    method: str = "GET",
+    body: dict[str, Any] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, bytes]:
     context: ssl.SSLContext | None = None
     if url.startswith("https"):
         if ca_file is None:  # health ports of the controller-manager and scheduler: self-signed
@@ -355,14 +398,20 @@ def _request(url: str, token: str | None, ca_file: Path | None, method: str = "G
         return 0, b""
 
 
-def _wait_until(what: str, check: Any, deadline: float, log: Path | None, record: ProcessRecord | None) -> None:
+def _wait_until(
+    what: str, check: Any, deadline: float, log: Path | None, record: ProcessRecord | None
+) -> None:
     while time.monotonic() < deadline:
         if check():
             return
         if record is not None and not alive(record):
-            raise ClusterError(f"{record.component} exited while starting; see {log}\n{log_tail(log)}")
+            raise ClusterError(
+                f"{record.component} exited while starting; see {log}\n{log_tail(log)}"
+            )
         time.sleep(0.1)
-    raise ClusterError(f"timed out waiting for {what}" + (f"; see {log}\n{log_tail(log)}" if log else ""))
+    raise ClusterError(
+        f"timed out waiting for {what}" + (f"; see {log}\n{log_tail(log)}" if log else "")
+    )
 
 
 def log_tail(log: Path | None, lines: int = 30) -> str:
@@ -385,34 +434,58 @@ def write_pki(pki: Path) -> None:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     def pem_key(key: Any) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tandem-dev-ca")])
     ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
-    names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-             "kubernetes.default.svc.cluster.local"]
+    names = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)]
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name).public_key(server_key.public_key())
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -425,8 +498,9 @@ def write_pki(pki: Path) -> None:
         "apiserver.crt": server_cert.public_bytes(serialization.Encoding.PEM),
         "apiserver.key": pem_key(server_key),
         "sa.key": pem_key(sa_key),
-        "sa.pub": sa_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo),
+        "sa.pub": sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
     }
     for name, data in files.items():
         path = pki / name
@@ -471,8 +545,12 @@ def running(state_dir: Path) -> Cluster | None:
     return cluster if cluster is not None and healthy(cluster) else None
 
 
-def start(spec: ClusterSpec, started_by: str = "cli", timeout_s: float = 120.0,
-          user_pid: int | None = None) -> Cluster:
+def start(
+    spec: ClusterSpec,
+    started_by: str = "cli",
+    timeout_s: float = 120.0,
+    user_pid: int | None = None,
+) -> Cluster:
     """Start a cluster in `spec.state_dir` unless a healthy one runs there already.
 
     With `user_pid`, that process is recorded as a user (see `release`) under the same lock.
@@ -502,7 +580,9 @@ def _start_unlocked(spec: ClusterSpec, started_by: str, deadline: float) -> Clus
     stages = spec.bin_dir.parent / "kwok-stages.yaml"
     missing = [n for n in (*COMPONENTS, "kubectl", "helm") if not (spec.bin_dir / n).exists()]
     if missing or not stages.exists():
-        raise ClusterError(f"missing in {spec.bin_dir}: {missing or [stages.name]}; run {BUILD_SCRIPT}")
+        raise ClusterError(
+            f"missing in {spec.bin_dir}: {missing or [stages.name]}; run {BUILD_SCRIPT}"
+        )
     layout = Layout(spec.state_dir)
     layout.logs.mkdir(parents=True, exist_ok=True)
     layout.users.mkdir(exist_ok=True)
@@ -513,23 +593,39 @@ def _start_unlocked(spec: ClusterSpec, started_by: str, deadline: float) -> Clus
     layout.token_file.chmod(0o600)
     server = f"https://127.0.0.1:{ports.apiserver}"
     ca_file = layout.pki / "ca.crt"
-    for who, token in (("admin", tokens.admin), ("user", tokens.user),
-                       ("controller-manager", tokens.controller_manager),
-                       ("scheduler", tokens.scheduler), ("kwok", tokens.kwok)):
+    for who, token in (
+        ("admin", tokens.admin),
+        ("user", tokens.user),
+        ("controller-manager", tokens.controller_manager),
+        ("scheduler", tokens.scheduler),
+        ("kwok", tokens.kwok),
+    ):
         layout.kubeconfig(who).write_text(kubeconfig_text(server, ca_file, f"tandem-{who}", token))
         layout.kubeconfig(who).chmod(0o600)
     cluster = Cluster(
-        state_dir=spec.state_dir, bin_dir=spec.bin_dir, server=server, ca_file=ca_file,
-        kubeconfig=layout.kubeconfig("admin"), user_kubeconfig=layout.kubeconfig("user"),
-        admin_token=tokens.admin, user_token=tokens.user, processes=(), started_by=started_by,
-        nodes=spec.nodes, gpus_per_node=spec.gpus_per_node,
+        state_dir=spec.state_dir,
+        bin_dir=spec.bin_dir,
+        server=server,
+        ca_file=ca_file,
+        kubeconfig=layout.kubeconfig("admin"),
+        user_kubeconfig=layout.kubeconfig("user"),
+        admin_token=tokens.admin,
+        user_token=tokens.user,
+        processes=(),
+        started_by=started_by,
+        nodes=spec.nodes,
+        gpus_per_node=spec.gpus_per_node,
     )
     try:
         cluster = _launch(cluster, component_args(spec, ports, layout, stages), ports, deadline)
         _create_nodes(cluster, spec, deadline)
-        _wait_until("the default ServiceAccount (controller-manager)",
-                    lambda: _get(cluster, "/api/v1/namespaces/default/serviceaccounts/default") == 200,
-                    deadline, layout.log("kube-controller-manager"), None)
+        _wait_until(
+            "the default ServiceAccount (controller-manager)",
+            lambda: _get(cluster, "/api/v1/namespaces/default/serviceaccounts/default") == 200,
+            deadline,
+            layout.log("kube-controller-manager"),
+            None,
+        )
     except BaseException:
         _terminate(cluster.processes)
         raise
@@ -552,11 +648,16 @@ def _get(cluster: Cluster, path: str) -> int:
 def _launch(cluster: Cluster, argv: dict[str, list[str]], ports: Ports, deadline: float) -> Cluster:
     layout = Layout(cluster.state_dir)
     health = {
-        "etcd": lambda: _request(f"http://127.0.0.1:{ports.etcd_client}/health", None, None)[0] == 200,
+        "etcd": lambda: (
+            _request(f"http://127.0.0.1:{ports.etcd_client}/health", None, None)[0] == 200
+        ),
         "kube-apiserver": lambda: _get(cluster, "/readyz") == 200,
-        "kube-controller-manager": lambda: _request(
-            f"https://127.0.0.1:{ports.controller_manager}/healthz", None, None)[0] == 200,
-        "kube-scheduler": lambda: _request(f"https://127.0.0.1:{ports.scheduler}/healthz", None, None)[0] == 200,
+        "kube-controller-manager": lambda: (
+            _request(f"https://127.0.0.1:{ports.controller_manager}/healthz", None, None)[0] == 200
+        ),
+        "kube-scheduler": lambda: (
+            _request(f"https://127.0.0.1:{ports.scheduler}/healthz", None, None)[0] == 200
+        ),
         "kwok": lambda: True,  # judged by the nodes it makes Ready
     }
     records: list[ProcessRecord] = []
@@ -573,26 +674,44 @@ def _launch(cluster: Cluster, argv: dict[str, list[str]], ports: Ports, deadline
 
 def _create_nodes(cluster: Cluster, spec: ClusterSpec, deadline: float) -> None:
     for index in range(spec.nodes):
-        status, body = _request(f"{cluster.server}/api/v1/nodes", cluster.admin_token, cluster.ca_file,
-                                method="POST", body=node_manifest(index, spec))
+        status, body = _request(
+            f"{cluster.server}/api/v1/nodes",
+            cluster.admin_token,
+            cluster.ca_file,
+            method="POST",
+            body=node_manifest(index, spec),
+        )
         if status not in (201, 409):
             raise ClusterError(f"creating node {index} failed: HTTP {status} {body[:300]!r}")
 
     def all_ready() -> bool:
-        status, body = _request(f"{cluster.server}/api/v1/nodes", cluster.admin_token, cluster.ca_file)
+        status, body = _request(
+            f"{cluster.server}/api/v1/nodes", cluster.admin_token, cluster.ca_file
+        )
         if status != 200:
             return False
         ready = [
-            n for n in json.loads(body)["items"]
+            n
+            for n in json.loads(body)["items"]
             if n["metadata"]["name"].startswith(NODE_PREFIX)
-            and any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
-            and not any(t["key"].startswith("node.kubernetes.io/") for t in n["spec"].get("taints", []))
+            and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n["status"].get("conditions", [])
+            )
+            and not any(
+                t["key"].startswith("node.kubernetes.io/") for t in n["spec"].get("taints", [])
+            )
         ]
         return len(ready) >= spec.nodes
 
     kwok = next(p for p in cluster.processes if p.component == "kwok")
-    _wait_until(f"{spec.nodes} simulated nodes to be Ready and untainted", all_ready, deadline,
-                Layout(cluster.state_dir).log("kwok"), kwok)
+    _wait_until(
+        f"{spec.nodes} simulated nodes to be Ready and untainted",
+        all_ready,
+        deadline,
+        Layout(cluster.state_dir).log("kwok"),
+        kwok,
+    )
 
 
 def stop(state_dir: Path) -> bool:
@@ -629,7 +748,9 @@ def detach(state_dir: Path, pid: int) -> int:
         (users / str(pid)).unlink()
     live = 0
     for entry in users.glob("*") if users.exists() else ():
-        if entry.name.isdigit() and alive(ProcessRecord("user", int(entry.name), _int(entry.read_text()))):
+        if entry.name.isdigit() and alive(
+            ProcessRecord("user", int(entry.name), _int(entry.read_text()))
+        ):
             live += 1
         else:
             entry.unlink(missing_ok=True)
@@ -655,13 +776,19 @@ def default_state_dir() -> Path:
 
 def bin_dir() -> Path:
     """Where build.sh puts the binaries (asks it; builds nothing)."""
-    out = subprocess.run([str(BUILD_SCRIPT), "--print-dir"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(BUILD_SCRIPT), "--print-dir"], capture_output=True, text=True, check=True
+    )
     return Path(out.stdout.strip())
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    spec = ClusterSpec(bin_dir=bin_dir(), state_dir=args.state_dir, nodes=args.nodes,
-                       gpus_per_node=args.gpus_per_node)
+    spec = ClusterSpec(
+        bin_dir=bin_dir(),
+        state_dir=args.state_dir,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+    )
     began = time.monotonic()
     cluster = start(spec, started_by="cli")
     if cluster.started_by != "cli":
@@ -669,8 +796,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         cluster = replace(cluster, started_by="cli")
         with locked(spec.state_dir):
             _save(cluster)
-    print(f"# control plane ready in {time.monotonic() - began:.1f} s; logs in {cluster.log_dir}",
-          file=sys.stderr)
+    print(
+        f"# control plane ready in {time.monotonic() - began:.1f} s; logs in {cluster.log_dir}",
+        file=sys.stderr,
+    )
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
 
@@ -680,7 +809,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if cluster is None:
         print(f"no cluster in {args.state_dir}")
         return 1
-    print(f"server {cluster.server}  kubeconfig {cluster.kubeconfig}  started by {cluster.started_by}")
+    print(
+        f"server {cluster.server}  kubeconfig {cluster.kubeconfig}  started by {cluster.started_by}"
+    )
     for p in cluster.processes:
         print(f"  {p.component:<24} pid {p.pid:<8} {'running' if alive(p) else 'STOPPED'}")
     ok = healthy(cluster)
@@ -695,14 +826,18 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devcluster", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--state-dir", type=Path, default=None, help="default: $TANDEM_HOME/devcluster")
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="default: $TANDEM_HOME/devcluster"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the cluster unless it runs; print export KUBECONFIG=...")
     up.add_argument("--nodes", type=int, default=4)
     up.add_argument("--gpus-per-node", type=int, default=8)
     up.set_defaults(func=_cmd_up)
     sub.add_parser("status", help="show the processes and health").set_defaults(func=_cmd_status)
-    sub.add_parser("down", help="stop what `up` started and remove the state").set_defaults(func=_cmd_down)
+    sub.add_parser("down", help="stop what `up` started and remove the state").set_defaults(
+        func=_cmd_down
+    )
     args = parser.parse_args(argv)
     args.state_dir = (args.state_dir or default_state_dir()).resolve()
     try:

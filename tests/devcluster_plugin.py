@@ -21,6 +21,9 @@ Fixtures
       with kubectl's stderr
     - ``helm(*args, ...)``: the same for helm
     - ``env(kubeconfig=None)``: `os.environ` plus KUBECONFIG, for subprocesses
+    - while the session runs, KUBECONFIG (and the `kubernetes` client's default, even if
+      it was imported earlier) names the admin kubeconfig: `kopf.testing.KopfRunner` and
+      `kubernetes.config.load_kube_config()` reach the dev cluster without arguments
     - ``log_dir``: one ``<component>.log`` per component
     - ``nodes``, ``gpus_per_node``: the simulated capacity
 
@@ -184,6 +187,16 @@ def _state_dir() -> Path:
     return tandem_env.read().home / "devcluster"
 
 
+def _point_clients_at(patch: pytest.MonkeyPatch, kubeconfig: Path) -> None:
+    """Make KUBECONFIG name the dev cluster for this session, so that kopf and the
+    `kubernetes` client find it (and no test touches another cluster by accident). The
+    client reads KUBECONFIG once, when first imported; update its copy if it is loaded."""
+    patch.setenv("KUBECONFIG", str(kubeconfig))
+    kube_config = sys.modules.get("kubernetes.config.kube_config")
+    if kube_config is not None:
+        patch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+
+
 @pytest.fixture(scope="session")
 def dev_cluster() -> Iterator[DevCluster]:
     if not tandem_env.read().k8s_tests:
@@ -196,20 +209,22 @@ def dev_cluster() -> Iterator[DevCluster]:
     except devcluster.ClusterError as err:
         pytest.fail(f"the local control plane did not start: {err}", pytrace=False)
     try:
-        yield DevCluster(
-            kubeconfig=cluster.kubeconfig,
-            user_kubeconfig=cluster.user_kubeconfig,
-            server=cluster.server,
-            ca_file=cluster.ca_file,
-            admin_token=cluster.admin_token,
-            user_token=cluster.user_token,
-            kubectl_bin=cluster.binary("kubectl"),
-            helm_bin=cluster.binary("helm"),
-            kwok_bin=cluster.binary("kwok"),
-            log_dir=cluster.log_dir,
-            nodes=cluster.nodes,
-            gpus_per_node=cluster.gpus_per_node,
-        )
+        with pytest.MonkeyPatch.context() as patch:
+            _point_clients_at(patch, cluster.kubeconfig)
+            yield DevCluster(
+                kubeconfig=cluster.kubeconfig,
+                user_kubeconfig=cluster.user_kubeconfig,
+                server=cluster.server,
+                ca_file=cluster.ca_file,
+                admin_token=cluster.admin_token,
+                user_token=cluster.user_token,
+                kubectl_bin=cluster.binary("kubectl"),
+                helm_bin=cluster.binary("helm"),
+                kwok_bin=cluster.binary("kwok"),
+                log_dir=cluster.log_dir,
+                nodes=cluster.nodes,
+                gpus_per_node=cluster.gpus_per_node,
+            )
     finally:
         devcluster.release(state_dir, os.getpid())
 

@@ -353,13 +353,12 @@ def test_kopf_operator_reacts_to_custom_resource(
     widget_crd: str,
     k8s_namespace: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from kopf.testing import KopfRunner
 
     operator = tmp_path / "operator.py"
     operator.write_text(OPERATOR)
-    monkeypatch.setenv("KUBECONFIG", str(dev_cluster.kubeconfig))
+    # No KUBECONFIG here: the dev_cluster fixture points kopf at the cluster.
     args = ["run", "--standalone", "--namespace", k8s_namespace, str(operator)]
     with KopfRunner(args, timeout=60) as runner:
         dev_cluster.kubectl("-n", k8s_namespace, "create", "-f", "-", input=widget("w", 4))
