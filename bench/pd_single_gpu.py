@@ -459,9 +459,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     transports = ["cuda_ipc", "shm", "grpc"] if device == "cuda" else ["shm", "grpc"]
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
-    log_dir = out_dir / "logs" if out_dir else Path(tempfile.mkdtemp(prefix="tandem-pd-logs-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="tandem-pd-logs-"))
     r: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or "cpu"),
         "versions": _versions(), "transports": transports, "reps": args.reps,
@@ -469,10 +467,16 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     copy_rw = copy_bandwidth(torch.device("cuda")) if device == "cuda" else None
     if copy_rw:
         r["copy_bytes_per_s"] = copy_rw
-    r["correctness"] = await correctness(device, transports, log_dir)
-    print(f"correctness: {r['correctness']['all_identical']}", flush=True)
-    if not args.skip_big:
-        r["disaggregation"] = await disaggregation(args, device, transports, log_dir, copy_rw)
+    try:
+        r["correctness"] = await correctness(device, transports, log_dir)
+        print(f"correctness: {r['correctness']['all_identical']}", flush=True)
+        if not args.skip_big:
+            r["disaggregation"] = await disaggregation(args, device, transports, log_dir, copy_rw)
+    except BaseException:
+        for log in sorted(log_dir.iterdir()):  # the workers' side of the story
+            tail = log.read_text(errors="replace").splitlines()[-25:]
+            print(f"----- {log.name}", *tail, sep="\n", file=sys.stderr)
+        raise
     return r
 
 
