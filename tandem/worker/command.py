@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,13 +141,19 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"tandem worker: {exc}") from None
     asyncio.run(serve(config))
-    return 0
+    # Everything the worker owns is closed by now. Skip the interpreter's
+    # teardown: torch's static destructors alone take seconds at exit, which
+    # would stretch every restart and every `tandem serve` shutdown.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 async def serve(config: WorkerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain (bounded) and stop."""
     from tandem.worker.async_engine import AsyncEngine
-    from tandem.worker.kv_transfer import available_transports
+    from tandem.worker.kv_transfer import available_transports, load_transport
     from tandem.worker.kv_transfer_peers import PeerChannels
     from tandem.worker.kv_transfer_segments import sweep_stale_segments
     from tandem.worker.service import ServiceSettings, WorkerService, host_id, start_server
@@ -193,6 +201,8 @@ async def serve(config: WorkerConfig) -> None:
             await http.cleanup()
         await peers.close()
         await engine.shutdown()
+        for name in settings.kv_transports:
+            load_transport(name).shutdown()
     log.info("worker stopped")
 
 

@@ -236,6 +236,9 @@ class KVTransport(ABC):
     def open_receiver(self, layout: KVLayout) -> KVReceiver:
         """Receiving state for one PushKV stream."""
 
+    def shutdown(self) -> None:  # noqa: B027 (optional hook)
+        """Release process-wide resources (pools, caches) when the worker stops."""
+
 
 class TransportSession:
     """Per-transfer state of a transport; `close` runs on every path."""

@@ -80,6 +80,10 @@ class ShmTransport(KVTransport):
     def available(self) -> bool:
         return self.shm_dir.is_dir() and os.access(self.shm_dir, os.W_OK)
 
+    def shutdown(self) -> None:
+        self.maps.clear()
+        self.pool.clear()
+
     def open_session(self, target: TransferTarget, layout: KVLayout) -> ShmSession:
         try:
             return ShmSession(self.pool, target, layout)
