@@ -83,6 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--launcher", choices=("local", "ray"), default="local")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (--launcher ray)")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to become ready")
+    p.add_argument(
+        "--num-kv-blocks",
+        type=int,
+        default=None,
+        help="KV pool size of each worker (default: sized from memory)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -98,6 +104,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         launcher=args.launcher,
         ray_address=args.ray_address,
         ready_timeout_s=args.ready_timeout,
+        worker_options=()
+        if args.num_kv_blocks is None
+        else ("--num-kv-blocks", str(args.num_kv_blocks)),
     )
 
 
@@ -143,10 +152,14 @@ async def serve(config: ServeConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     model = config.model or str(await asyncio.to_thread(_tiny_model))
-    specs = plan_workers(
-        model, worker_roles(config.prefill, config.decode), _gpus(config.device),
-        config.worker_options,
-    )  # fmt: skip
+    gpus = _gpus(config.device)
+    roles = worker_roles(config.prefill, config.decode)
+    if len(roles) > len(gpus) > 0:
+        log.warning(
+            "%d workers on %d GPUs: some share a GPU (pass --num-kv-blocks to split its memory)",
+            len(roles), len(gpus),
+        )  # fmt: skip
+    specs = plan_workers(model, roles, gpus, config.worker_options)
     launcher = await asyncio.to_thread(_make_launcher, config)
     for sig in (signal.SIGINT, signal.SIGTERM):  # again: ray.init replaces SIGTERM's handler
         loop.add_signal_handler(sig, stop.set)

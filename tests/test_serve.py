@@ -94,6 +94,19 @@ def test_backoff(n: int, delay: float) -> None:
     assert backoff_s(n) == delay
 
 
+def test_serve_passes_the_kv_pool_size_to_every_worker() -> None:
+    import argparse
+
+    from tandem.serve_command import config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    config = config_from_args(parser.parse_args(["serve", "--num-kv-blocks", "64"]))
+    (spec,) = plan_workers("/m", ["both"], gpus=[], options=config.worker_options)
+    argv = spec.argv("127.0.0.1", 1)
+    assert argv[argv.index("--num-kv-blocks") + 1] == "64"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "option"),
     [
