@@ -13,7 +13,12 @@ import time
 import grpc
 
 from tandem.rpc.v1 import worker_pb2, worker_pb2_grpc
-from tandem.worker.kv_transfer import MAX_MESSAGE_BYTES, PUSH_KV_METHOD, Endpoint
+from tandem.worker.kv_transfer import (
+    MAX_MESSAGE_BYTES,
+    PUSH_KV_METHOD,
+    Endpoint,
+    TransferError,
+)
 
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -54,7 +59,12 @@ class PeerChannels:
         if cached is not None and time.monotonic() - cached[0] < INFO_TTL_S:
             return cached[1]
         stub = self.stubs(address, 1)[0]
-        info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_DEADLINE_S)
+        try:
+            info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            raise TransferError(
+                f"KV target {address} did not answer Info: {exc.code().name}"
+            ) from exc
         endpoint = Endpoint(tuple(info.kv_transports), info.host_id)
         self._info[address] = (time.monotonic(), endpoint)
         return endpoint

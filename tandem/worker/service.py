@@ -165,6 +165,7 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
             prompt = list(request.prompt_token_ids)
             target = wire.target_from_pb(request.target) if request.HasField("target") else None
             sender = await self._open_sender(target, request.target) if target else None
+            stats = None
             t0 = time.perf_counter()
             try:
                 out = await self.engine.prefill(
@@ -175,15 +176,12 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
                     skip_blocks=target.skip_blocks if target else 0,
                 )
                 t1 = time.perf_counter()
-                stats = None
-                if sender is not None and out.finish_reason != "error":
-                    stats = await sender.finish()
-            except BaseException:
-                if sender is not None:
+                # A failed prefill shipped an incomplete KV: drop it (abort below).
+                ok = sender is not None and out.finish_reason != "error"
+                stats = await sender.finish() if ok and sender is not None else None
+            finally:
+                if sender is not None and stats is None:  # not finished: error or cancelled
                     await sender.abort()
-                raise
-            if sender is not None and stats is None:
-                await sender.abort()
             t2 = time.perf_counter()
             return worker_pb2.PrefillResponse(
                 output=wire.token_chunk(out),

@@ -454,3 +454,21 @@ async def test_cancelling_a_prefill_midway_frees_blocks_and_its_segment(tiny_mod
         await _wait_blocks_free(d, within_s=1.0)
         await asyncio.sleep(0.2)  # the aborted sender removes its segment
         assert not set(Path("/dev/shm").glob(f"{PREFIX}*")) - segments
+
+
+async def test_prefill_to_an_unreachable_decode_worker_is_unavailable(tiny_model: Path) -> None:
+    from tandem.launch.spec import free_port
+
+    async with running_worker(tiny_model, role="prefill") as p:
+        # Nobody listens there; without accepted_transports the worker asks it for Info.
+        target = worker_pb2.KVTarget(
+            address=f"127.0.0.1:{free_port()}", request_id="r", block_ids=[0, 1]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await p.stub.Prefill(
+                worker_pb2.PrefillRequest(request_id="r", prompt_token_ids=PROMPT, target=target),
+                timeout=30,
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "did not answer Info" in (err.value.details() or "")
+        await _wait_blocks_free(p, within_s=1.0)
