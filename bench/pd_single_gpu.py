@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,11 @@ class Worker:
             "--load-format", load_format,
         ]  # fmt: skip
         self.log = open(log_dir / f"worker-{role}-{self.address.rsplit(':', 1)[1]}.log", "wb")  # noqa: SIM115
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.channel = grpc.aio.insecure_channel(
             self.address,
@@ -263,6 +268,7 @@ async def _ipc_copy_seconds(
     pb = await _reserve(d, "copy-only", prompt, "cuda_ipc", 1)
     peer = await asyncio.to_thread(TRANSPORT.peer, d.address, layout)
     ids = list(pb.block_ids)
+    torch.cuda.synchronize()  # the chunks are complete before the side stream reads them
     times = []
     for _ in range(reps + 1):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -303,7 +309,7 @@ def copy_bandwidth(device: torch.device) -> float:
 
 # ----- (b) + (c) on the big shape ----------------------------------------------------
 async def disaggregation(args: argparse.Namespace, device: str, transports: list[str], log_dir: Path,
-                         copy_rw: float | None) -> dict[str, Any]:  # fmt: skip
+                         copy_rw: float | None, out: dict[str, Any], save: Callable[[], None]) -> None:  # fmt: skip
     on_gpu = device == "cuda"
     model_dir = Path(tempfile.mkdtemp(prefix="tandem-pd-big-"))
     if on_gpu:
@@ -334,7 +340,7 @@ async def disaggregation(args: argparse.Namespace, device: str, transports: list
     except BaseException:
         await p.stop()
         raise
-    out: dict[str, Any] = {"bandwidth": [], "overlap": []}
+    out.update(bandwidth=[], overlap=[])
     try:
         info = await d.ready()
         layout = _layout(info)
@@ -358,11 +364,12 @@ async def disaggregation(args: argparse.Namespace, device: str, transports: list
             )
             ship_s[t] = statistics.median(times)
             out["bandwidth"].append(_bw_row(t, total, ship_s[t], one_way))
+            save()
         del chunks
         out["overlap"] = await _overlap(p, d, prompt, transports, ship_s, args.reps)
+        save()
     finally:
         await asyncio.gather(p.stop(), d.stop())
-    return out
 
 
 def _layout(info: worker_pb2.InfoResponse) -> Any:
@@ -454,30 +461,31 @@ def print_table(r: dict[str, Any]) -> None:
               f"{o['transfer_wait_s']:>9.4f}{alone:>9}{hidden:>8}")  # fmt: skip
 
 
-async def amain(args: argparse.Namespace) -> dict[str, Any]:
+async def amain(args: argparse.Namespace, r: dict[str, Any], save: Callable[[], None]) -> None:
+    """Fill `r` phase by phase, saving after each (a cut-off run keeps what it measured)."""
     device = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     transports = ["cuda_ipc", "shm", "grpc"] if device == "cuda" else ["shm", "grpc"]
     log_dir = Path(tempfile.mkdtemp(prefix="tandem-pd-logs-"))
-    r: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or "cpu"),
-        "versions": _versions(), "transports": transports, "reps": args.reps,
-    }  # fmt: skip
+    r.update(transports=transports, reps=args.reps)
     copy_rw = copy_bandwidth(torch.device("cuda")) if device == "cuda" else None
     if copy_rw:
         r["copy_bytes_per_s"] = copy_rw
     try:
         r["correctness"] = await correctness(device, transports, log_dir)
         print(f"correctness: {r['correctness']['all_identical']}", flush=True)
+        save()
         if not args.skip_big:
-            r["disaggregation"] = await disaggregation(args, device, transports, log_dir, copy_rw)
+            r["disaggregation"] = {}
+            await disaggregation(
+                args, device, transports, log_dir, copy_rw, r["disaggregation"], save
+            )
     except BaseException:
         for log in sorted(log_dir.iterdir()):  # the workers' side of the story
             tail = log.read_text(errors="replace").splitlines()[-25:]
             print(f"----- {log.name}", *tail, sep="\n", file=sys.stderr)
         raise
-    return r
 
 
 def main() -> int:
@@ -490,13 +498,10 @@ def main() -> int:
     ap.add_argument("--skip-big", action="store_true", help="only (a)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    r = asyncio.run(amain(args))
-    print_table(r)
-    tag = (
-        "cpu"
-        if "correctness" in r and r["transports"] == ["shm", "grpc"]
-        else r["device"].split()[-1].lower()
-    )
+    on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    name = torch.cuda.get_device_name() if on_gpu else (platform.processor() or "cpu")
+    tag = name.split()[1].lower() if on_gpu and len(name.split()) > 1 else "cpu"
+    r: dict[str, Any] = {"device": name, "versions": _versions()}
     if args.out:
         path = Path(args.out)
     elif os.environ.get("OUT"):
@@ -504,7 +509,13 @@ def main() -> int:
     else:
         path = ROOT / "bench" / "results" / f"pd_single_gpu-{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(r, indent=2) + "\n")
+
+    def save() -> None:
+        path.write_text(json.dumps(r, indent=2) + "\n")
+
+    asyncio.run(amain(args, r, save))
+    save()
+    print_table(r)
     print(f"wrote {path}")
     return 0 if r["correctness"]["all_identical"] else 1
 

@@ -205,7 +205,10 @@ def _start(model: Path, role: str) -> tuple[subprocess.Popen[bytes], str]:
         "--port", str(port), "--device", "cuda", "--dtype", "float32", "--num-kv-blocks", "128",
         "--kv-transports", "cuda_ipc,shm,grpc",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+    }
     return subprocess.Popen(cmd, env=env), f"127.0.0.1:{port}"
 
 
