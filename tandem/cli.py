@@ -19,7 +19,7 @@ from tandem import env
 # `func=callable(args) -> int` via `set_defaults`.
 _COMMAND_MODULES = (
     "tandem.models.command",  # tandem model make-tiny
-    "tandem.worker.command",  # tandem worker, tandem generate
+    "tandem.worker.command",  # tandem worker
     "tandem.router.command",  # tandem router, tandem bench serve
     "tandem.serve_command",  # tandem serve
     "tandem.operator.command",  # tandem operator
