@@ -13,6 +13,7 @@ thread stuck in a long read must not keep the process alive on exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -134,8 +135,14 @@ class EndpointSliceDiscovery:
         self._stopping.set()
         if self._watch is not None:
             self._watch.stop()
+            # Unblock a read in progress; otherwise the thread sleeps until the next event.
+            response = getattr(self._watch, "_resp", None)
+            close = getattr(response, "shutdown", None) or getattr(response, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, WATCH_SECONDS + 5)
+            await asyncio.to_thread(self._thread.join, 2.0)  # a daemon: never blocks exit
             self._thread = None
 
     def _discovery_api(self) -> Any:
@@ -206,12 +213,16 @@ class EndpointSliceDiscovery:
                 self._watch_once()
                 failures = 0
             except ApiException as exc:
+                if self._stopping.is_set():
+                    return
                 if exc.status == 410:  # our resourceVersion is too old: list afresh
                     self._resource_version = None
                     continue
                 failures += 1
                 log.warning("EndpointSlice watch of pool %s: HTTP %s", self.pool, exc.status)
             except Exception as exc:  # connection loss and the like: back off, then relist
+                if self._stopping.is_set():
+                    return
                 failures += 1
                 self._resource_version = None
                 log.warning("EndpointSlice watch of pool %s: %s", self.pool, exc)

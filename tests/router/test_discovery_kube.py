@@ -71,3 +71,47 @@ def test_constructor_checks_arguments() -> None:
     with pytest.raises(ValueError, match="namespace and a pool"):
         EndpointSliceDiscovery(namespace="", pool="p")
     assert EndpointSliceDiscovery("ns", "p").selector == "tandem.dev/pool=p,tandem.dev/role"
+
+
+def test_watch_loop_relists_after_410_gone() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    source = EndpointSliceDiscovery("ns", "p")
+    source._resource_version = "42"
+    calls: list[str] = []
+
+    def relist() -> None:
+        calls.append("list")
+        source._resource_version = "100"
+
+    def watch_once() -> None:
+        calls.append(f"watch@{source._resource_version}")
+        if len(calls) == 1:
+            raise ApiException(status=410, reason="Expired: too old resource version")
+        source._stopping.set()  # second watch: end the loop
+
+    source._relist = relist  # type: ignore[method-assign]
+    source._watch_once = watch_once  # type: ignore[method-assign]
+    source._run()
+    assert calls == ["watch@42", "list", "watch@100"]
+
+
+def test_watch_loop_backs_off_and_relists_after_connection_loss() -> None:
+    source = EndpointSliceDiscovery("ns", "p")
+    source._resource_version = "42"
+    calls: list[str] = []
+
+    def relist() -> None:
+        calls.append("list")
+        source._resource_version = "100"
+
+    def watch_once() -> None:
+        calls.append("watch")
+        if len(calls) == 1:
+            raise ConnectionResetError("peer went away")
+        source._stopping.set()
+
+    source._relist = relist  # type: ignore[method-assign]
+    source._watch_once = watch_once  # type: ignore[method-assign]
+    source._run()
+    assert calls == ["watch", "list", "watch"]
