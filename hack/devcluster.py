@@ -820,7 +820,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    print("stopped" if stop(args.state_dir) else f"no cluster in {args.state_dir}")
+    with locked(args.state_dir):
+        users = detach(args.state_dir, 0) if args.state_dir.exists() else 0  # pid 0: count only
+        if users and not args.force:
+            print(
+                f"{users} running test session(s) use this cluster; `down --force` stops it anyway"
+            )
+            return 1
+        stopped = _stop_unlocked(args.state_dir)
+    print("stopped" if stopped else f"no cluster in {args.state_dir}")
     return 0
 
 
@@ -835,9 +843,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--gpus-per-node", type=int, default=8)
     up.set_defaults(func=_cmd_up)
     sub.add_parser("status", help="show the processes and health").set_defaults(func=_cmd_status)
-    sub.add_parser("down", help="stop what `up` started and remove the state").set_defaults(
-        func=_cmd_down
-    )
+    down = sub.add_parser("down", help="stop what `up` started and remove the state")
+    down.add_argument("--force", action="store_true", help="even while test sessions use it")
+    down.set_defaults(func=_cmd_down)
     args = parser.parse_args(argv)
     args.state_dir = (args.state_dir or default_state_dir()).resolve()
     try:
