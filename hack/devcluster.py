@@ -800,6 +800,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"# control plane ready in {time.monotonic() - began:.1f} s; logs in {cluster.log_dir}",
         file=sys.stderr,
     )
+    if (cluster.nodes, cluster.gpus_per_node) != (spec.nodes, spec.gpus_per_node):
+        print(
+            f"# note: reusing the running cluster ({cluster.nodes} nodes x "
+            f"{cluster.gpus_per_node} GPUs); `down` first to change its size",
+            file=sys.stderr,
+        )
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
 
