@@ -244,7 +244,7 @@ class Disaggregation(_Model):
 
 
 class KVTransfer(_Model):
-    transport: Literal["auto", "grpc", "shm", "cuda-ipc", "nccl"] = Field(
+    transport: Literal["auto", "grpc", "shm", "cuda-ipc"] = Field(
         default="auto", description="KV shipping transport; auto picks the fastest per pod pair."
     )
 

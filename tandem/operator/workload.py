@@ -102,7 +102,8 @@ def _transports(choice: str) -> list[str]:
     gRPC kept as the fallback every pair of pods shares."""
     if choice == "auto":
         return []
-    return ["--kv-transports", "grpc" if choice == "grpc" else f"{choice},grpc"]
+    name = choice.replace("-", "_")  # the API spells it cuda-ipc, the worker flag cuda_ipc
+    return ["--kv-transports", "grpc" if name == "grpc" else f"{name},grpc"]
 
 
 def worker_args(spec: api.InferencePoolSpec, role: str, model_path: str) -> list[str]:
@@ -114,6 +115,7 @@ def worker_args(spec: api.InferencePoolSpec, role: str, model_path: str) -> list
         "--port", str(WORKER_PORT),
         "--metrics-port", str(METRICS_PORT),
         "--dtype", spec.model.dtype,
+        *(["--max-model-len", str(spec.model.max_model_len)] if spec.model.max_model_len else []),
         *_transports(spec.kv_transfer.transport),
     ]  # fmt: skip
 

@@ -42,6 +42,7 @@ class WorkerConfig:
     kv_streams: int = 4  # parallel PushKV streams per transfer
     drain_timeout_s: float = 30.0  # SIGTERM waits this long for in-flight work
     load_format: str = "safetensors"  # or "dummy": random weights (benchmarks)
+    max_model_len: int | None = None  # cap the context below the model's own limit
 
     def __post_init__(self) -> None:
         if not (Path(self.model) / "config.json").is_file():
@@ -76,6 +77,7 @@ class WorkerConfig:
             max_num_batched_tokens=self.max_num_batched_tokens,
             role=self.role,
             load_format=self.load_format,
+            max_model_len=self.max_model_len,
         )
 
 
@@ -108,6 +110,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for work"
     )
     p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        metavar="N",
+        help="longest context (prompt + output) to serve; default: the model's own limit",
+    )
+    p.add_argument(
         "--load-format",
         choices=("safetensors", "dummy"),
         default="safetensors",
@@ -132,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         kv_streams=args.kv_streams,
         drain_timeout_s=args.drain_timeout,
         load_format=args.load_format,
+        max_model_len=args.max_model_len,
     )
 
 

@@ -182,13 +182,34 @@ def _args(objects: dict[tuple[str, str], dict[str, Any]], name: str) -> list[str
 
 @pytest.mark.parametrize(
     ("transport", "flags"),
-    [("auto", []), ("grpc", ["--kv-transports", "grpc"]), ("shm", ["--kv-transports", "shm,grpc"])],
+    [
+        ("auto", []),
+        ("grpc", ["--kv-transports", "grpc"]),
+        ("shm", ["--kv-transports", "shm,grpc"]),
+        ("cuda-ipc", ["--kv-transports", "cuda_ipc,grpc"]),
+    ],
 )
 def test_kv_transport_flags(transport: str, flags: list[str]) -> None:
     objects = by_key(render(POOL, spec(kvTransfer={"transport": transport}), "img:1"))
     args = _args(objects, "llama-decode")
     tail = args[args.index("--dtype") + 2 :]
     assert tail == flags
+
+
+@pytest.mark.parametrize("transport", ["auto", "grpc", "shm", "cuda-ipc"])
+def test_rendered_worker_args_are_accepted_by_tandem_worker(transport: str, tmp_path: Any) -> None:
+    """The operator's command line must parse in the worker it starts (every API choice)."""
+    from tandem.cli import build_parser
+    from tandem.worker.command import config_from_args
+
+    (tmp_path / "config.json").write_text("{}")
+    objects = by_key(render(POOL, spec(kvTransfer={"transport": transport}), "img:1"))
+    args = _args(objects, "llama-prefill")
+    args[args.index("--model") + 1] = str(tmp_path)
+    parsed = build_parser().parse_args(args)
+    config = config_from_args(parsed)
+    assert config.role == "prefill"
+    assert config.kv_transports[-1] == "grpc"
 
 
 def test_traffic_reaches_the_router() -> None:
