@@ -265,7 +265,7 @@ class Engine:
     # ----- KV export (prefill role) --------------------------------------
     def _layer_hook(self, sched: ScheduleOutput) -> Callable[[int], None] | None:
         bs = self.pool.block_size
-        plan: list[tuple[str, int, list[int]]] = []  # (request id, first block index, block ids)
+        plan: list[tuple[str, int, torch.Tensor]] = []  # (request id, first block index, block ids)
         for s in sched.seqs:
             sink = self._sinks.get(s.request_id)
             if sink is None:
@@ -275,15 +275,15 @@ class Engine:
             upto = -(-end // bs) if end >= req.num_prompt_tokens else end // bs
             first = max(req.kv_sent_blocks, req.kv_skip_blocks)
             if upto > first:
-                plan.append((s.request_id, first, list(s.block_ids[first:upto])))
+                plan.append((s.request_id, first, self.runner.block_index(s.block_ids[first:upto])))
                 req.kv_sent_blocks = upto
         if not plan:
             return None
 
         def on_layer_stored(layer: int) -> None:
-            for rid, first, ids in plan:
-                k, v = self.runner.read_blocks(layer, ids)
-                self._sinks[rid](KVChunk(rid, layer, first, k, v))
+            for rid, first, index in plan:
+                k, v, ready = self.runner.read_blocks(layer, index)
+                self._sinks[rid](KVChunk(rid, layer, first, k, v, ready))
 
         return on_layer_stored
 

@@ -25,7 +25,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter, Histogram
 
@@ -201,6 +201,8 @@ class ChunkLike(Protocol):
     def k(self) -> torch.Tensor: ...  # [n, block_size, num_kv_heads, head_dim]
     @property
     def v(self) -> torch.Tensor: ...
+    @property
+    def ready(self) -> Any: ...  # CUDA event after which k and v are complete, or None
 
 
 class KVReceiver(ABC):

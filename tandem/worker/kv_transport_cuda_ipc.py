@@ -285,9 +285,11 @@ class CudaIpcTransport(KVTransport):
         scattered ids) is the next thing to measure."""
         src_dev = chunk.k.device
         stream = self._stream(src_dev)
-        # The chunk was produced on the engine's stream: order after it.
-        produced = torch.cuda.Event()
-        produced.record(torch.cuda.current_stream(src_dev))
+        # Order after the engine made the chunk, and after nothing else.
+        produced = getattr(chunk, "ready", None)
+        if produced is None:
+            produced = torch.cuda.Event()
+            produced.record(torch.cuda.current_stream(src_dev))
         stream.wait_event(produced)
         with torch.cuda.device(src_dev), torch.cuda.stream(stream):
             dst_k, dst_v = peer.k[chunk.layer], peer.v[chunk.layer]

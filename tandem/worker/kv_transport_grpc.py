@@ -12,6 +12,7 @@ import warnings
 import torch
 
 from tandem.rpc.v1 import worker_pb2
+from tandem.worker.kv_staging import after_ready
 from tandem.worker.kv_transfer import (
     BadKVMessage,
     ChunkLike,
@@ -81,6 +82,8 @@ class GrpcTransport(KVTransport):
         self, session: TransportSession, chunk: ChunkLike, target: TransferTarget, layout: KVLayout
     ) -> list[bytes]:
         n = chunk.k.shape[0]
+        with after_ready(chunk):  # off the GPU without waiting for later layers
+            k_all, v_all = chunk.k.cpu(), chunk.v.cpu()
         msgs = []
         for start, count in piece_ranges(n, layout.blocks_per_piece()):
             header = worker_pb2.KVChunk(
@@ -90,8 +93,8 @@ class GrpcTransport(KVTransport):
                 num_blocks=count,
                 dtype=layout.dtype,
             )
-            k = tensor_buffer(chunk.k[start : start + count])
-            v = tensor_buffer(chunk.v[start : start + count])
+            k = tensor_buffer(k_all[start : start + count])
+            v = tensor_buffer(v_all[start : start + count])
             msgs.append(encode_chunk(header, k, v))
         return msgs
 

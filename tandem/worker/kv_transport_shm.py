@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from tandem.rpc.v1 import worker_pb2
+from tandem.worker.kv_staging import after_ready
 from tandem.worker.kv_transfer import (
     BadKVMessage,
     ChunkLike,
@@ -104,8 +105,9 @@ class ShmTransport(KVTransport):
                 f"shipped range [{session.skip_blocks}, {session.skip_blocks + session.num_blocks})"
             )
         k_off, v_off = segment_offsets(layout, session.num_blocks, chunk.layer, index)
-        session.mapping.view(k_off, layout, n).copy_(chunk.k)
-        session.mapping.view(v_off, layout, n).copy_(chunk.v)
+        with after_ready(chunk):  # off the GPU without waiting for later layers
+            session.mapping.view(k_off, layout, n).copy_(chunk.k)
+            session.mapping.view(v_off, layout, n).copy_(chunk.v)
         region = worker_pb2.ShmRegion(segment=session.name, k_offset=k_off, v_offset=v_off)
         return [
             worker_pb2.KVChunk(

@@ -232,11 +232,21 @@ class ModelRunner:
         )
 
     # ----- KV export / import --------------------------------------------
-    def read_blocks(self, layer: int, block_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Private copies of one layer's blocks: [n, block_size, kv_heads, head_dim] each."""
-        idx = torch.tensor(block_ids, dtype=torch.int64, device=self.device)
+    def block_index(self, block_ids: Sequence[int]) -> torch.Tensor:
+        """Block ids as a device tensor (make it before a forward: the host-to-device
+        copy synchronizes, which must not happen between layers)."""
+        return torch.tensor(block_ids, dtype=torch.int64, device=self.device)
+
+    def read_blocks(self, layer: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """Private copies of one layer's blocks ([n, block_size, kv_heads, head_dim]
+        each) and, on CUDA, an event that completes when they are made."""
         k, v = self.kv_caches[layer]
-        return k.index_select(0, idx), v.index_select(0, idx)
+        k_out, v_out = k.index_select(0, index), v.index_select(0, index)
+        ready = None
+        if self.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record()
+        return k_out, v_out, ready
 
     def write_blocks(
         self, layer: int, block_ids: Sequence[int], k: torch.Tensor, v: torch.Tensor

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -53,6 +54,9 @@ class KVChunk:
     first_block: int  # index into the request's block list, not a pool block id
     k: torch.Tensor  # [n, block_size, num_kv_heads, head_dim], a private copy
     v: torch.Tensor
+    # On CUDA: an event recorded on the engine's stream right after k and v
+    # were made; readers wait for it alone (see kv_staging). None on CPU.
+    ready: Any = field(default=None, compare=False)
 
     @property
     def num_blocks(self) -> int:
