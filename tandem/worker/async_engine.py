@@ -50,12 +50,35 @@ class AsyncEngine:
         return self._engine.role
 
     @property
+    def alive(self) -> bool:
+        """False once the step thread has stopped (shutdown, or a fatal error):
+        health checks then report NOT_SERVING so routers stop sending work."""
+        return self._thread.is_alive() and not self._stopped
+
+    @property
+    def device(self) -> str:
+        return str(self._engine.runner.device)
+
+    @property
     def engine(self) -> Engine:
         """The wrapped engine, for tests and introspection; hold no references across awaits."""
         return self._engine
 
     # ----- the step thread -----------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop_steps()
+        except BaseException:
+            # step() already turns model errors into per-request errors; reaching
+            # here is an engine bug. Fail every open stream rather than hang it.
+            log.exception("engine step thread died")
+            self._loop.call_soon_threadsafe(self._fail_all, "engine stopped unexpectedly")
+
+    def _fail_all(self, message: str) -> None:
+        for rid, q in list(self._streams.items()):
+            q.put_nowait(StepOutput(rid, (), True, "error", 0, 0, message))
+
+    def _loop_steps(self) -> None:
         while not self._stopped:
             with self._lock:
                 busy = self._engine.has_work()

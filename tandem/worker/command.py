@@ -170,7 +170,7 @@ async def serve(config: WorkerConfig) -> None:
 
     sweep_stale_segments()
     engine = AsyncEngine.start(config.engine_config())
-    device = str(engine.engine.runner.device)
+    device = engine.device
     if device.startswith("cuda"):
         import torch
 

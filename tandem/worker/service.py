@@ -91,11 +91,12 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
 
     # ----- introspection -------------------------------------------------
     async def Health(self, request, context):  # type: ignore[no-untyped-def]
-        status = (
-            worker_pb2.HealthResponse.DRAINING
-            if self.draining
-            else worker_pb2.HealthResponse.SERVING
-        )
+        if not self.engine.alive:
+            status = worker_pb2.HealthResponse.NOT_SERVING
+        elif self.draining:
+            status = worker_pb2.HealthResponse.DRAINING
+        else:
+            status = worker_pb2.HealthResponse.SERVING
         return worker_pb2.HealthResponse(status=status, role=self.engine.role)
 
     async def Info(self, request, context):  # type: ignore[no-untyped-def]

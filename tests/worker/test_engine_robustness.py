@@ -176,3 +176,28 @@ def test_queue_waits_while_reservations_hold_the_blocks(tiny_model: ModelFactory
         outs += e.step()
     assert outs[-1].request_id == "next" and outs[-1].finish_reason == "length"
     assert e.pool.num_used == 0
+
+
+async def test_a_dead_step_thread_fails_open_streams_and_reports_not_alive(
+    tiny_model: ModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = AsyncEngine.start(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=64))
+    try:
+        assert eng.alive
+        stream = eng.generate("x", [5, 6, 7], SamplingParams(max_tokens=1000, ignore_eos=True))
+        first = await stream.__anext__()
+        assert not first.finished
+
+        def broken() -> list[object]:
+            raise RuntimeError("simulated engine bug")
+
+        monkeypatch.setattr(eng.engine, "step", broken)
+        rest = [o async for o in stream]
+        assert rest[-1].finished and rest[-1].finish_reason == "error"
+        for _ in range(50):
+            if not eng.alive:
+                break
+            await asyncio.sleep(0.01)
+        assert not eng.alive
+    finally:
+        await eng.shutdown()
