@@ -82,6 +82,11 @@ class AsyncEngine:
         while not self._stopped:
             with self._lock:
                 busy = self._engine.has_work()
+                if not busy:
+                    # step() expires reservations, but an engine that holds only
+                    # reservations never steps: expire them here, or their blocks
+                    # leak and drain() waits for them forever.
+                    self._engine._expire_reservations()
                 outputs = self._engine.step() if busy else []
                 idle = self._engine.idle()
             if outputs or idle:

@@ -201,3 +201,22 @@ async def test_a_dead_step_thread_fails_open_streams_and_reports_not_alive(
         assert not eng.alive
     finally:
         await eng.shutdown()
+
+
+async def test_unclaimed_reservation_expires_on_an_otherwise_idle_engine(
+    tiny_model: ModelFactory,
+) -> None:
+    # Nothing else runs, so no step() ever happens: expiry must not depend on one,
+    # or the blocks leak and drain() waits for the reservation forever.
+    eng = AsyncEngine.start(
+        EngineConfig(
+            str(tiny_model("llama")), device="cpu", role="decode", num_kv_blocks=64, reservation_ttl_s=0.1
+        )
+    )
+    try:
+        eng.reserve("orphan", list(range(3, 40)), SamplingParams())
+        assert eng.load()[0].kv_blocks_used > 0
+        await asyncio.wait_for(eng.drain(), timeout=5.0)
+        assert eng.load()[0].kv_blocks_used == 0
+    finally:
+        await eng.shutdown()
