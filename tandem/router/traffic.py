@@ -78,6 +78,8 @@ class TrafficController:
             await asyncio.wait_for(asyncio.shield(waiter.future), self._queue_timeout_s)
         except TimeoutError:
             self._forget(waiter)
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(ticket)  # granted in the same loop turn the timeout fired
             raise Unavailable(
                 f"no capacity: waited {self._queue_timeout_s:.0f} s in the {cls.name!r} queue",
                 retry_after_s=5,

@@ -60,3 +60,18 @@ async def test_cancelled_waiter_leaves_the_queue() -> None:
     await asyncio.sleep(0.01)
     assert t.backlog(0).tokens_ahead == 0
     assert metrics.queue_depth.labels(priority="low")._value.get() == 0
+
+
+async def test_slot_granted_as_the_queue_timeout_fires_is_not_leaked() -> None:
+    # The queue timeout and a release that grants this waiter its slot fall due in
+    # the same event-loop turn: the waiter raises 503, so the slot must go back.
+    t = TrafficController(lambda: 1, lambda: 1, RouterMetrics(), queue_timeout_s=0.05)
+    first = await t.admit(LOW, 1, None)
+    waiting = asyncio.create_task(t.admit(LOW, 7, None))
+    await asyncio.sleep(0)
+    asyncio.get_running_loop().call_later(0.06, t.release, first)
+    time.sleep(0.2)  # block the loop so both timers are due in one turn
+    with pytest.raises(Unavailable, match="waited"):
+        await waiting
+    assert t.inflight == 0
+    assert t.backlog(0).tokens_ahead == 0
