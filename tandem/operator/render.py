@@ -10,6 +10,9 @@ lets the garbage collector remove all of it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from tandem.api import v1alpha1 as api
 from tandem.operator.companions import (
     disruption_budget,
@@ -19,6 +22,12 @@ from tandem.operator.companions import (
 )
 from tandem.operator.objects import Manifest, PoolRef
 from tandem.operator.workload import router_deployment, worker_deployment
+
+#: A digest of everything a manifest sets. `reconcile` compares manifests with the live
+#: objects as subsets (the API server adds defaults), so a field the spec no longer sets
+#: would never look changed; the digest does change then, the object is applied again,
+#: and server-side apply removes the field the operator stopped setting.
+MANIFEST_HASH = "tandem.dev/manifest-hash"
 
 
 def replicas_of(spec: api.InferencePoolSpec) -> dict[str, int]:
@@ -41,4 +50,10 @@ def render(pool: PoolRef, spec: api.InferencePoolSpec, default_image: str) -> tu
     objects += [
         disruption_budget(pool, role) for role, count in replicas_of(spec).items() if count >= 2
     ]
-    return tuple(objects)
+    return tuple(_stamped(m) for m in objects)
+
+
+def _stamped(manifest: Manifest) -> Manifest:
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    manifest["metadata"]["annotations"] = {MANIFEST_HASH: digest}
+    return manifest

@@ -121,8 +121,8 @@ CASES = [
          edit(served(ONE), ("Deployment", "p-prefill"), _set_image),
          applies={("Deployment", "p-prefill")}, events={"Updated", "AllReplicasReady"}),
     Case("server defaults and extra fields are not drift", ONE,
-         edit(served(ONE), ("Deployment", "p-router"), lambda o: o["metadata"].update(
-             annotations={"deployment.kubernetes.io/revision": "1"})),
+         edit(served(ONE), ("Deployment", "p-router"), lambda o: o["metadata"]["annotations"].update(
+             {"deployment.kubernetes.io/revision": "1"})),
          events={"AllReplicasReady"}),
     Case("scale decode up: deployment and a new budget", TWO_DECODE, served(ONE),
          applies={("Deployment", "p-decode"), ("PodDisruptionBudget", "p-decode")},
@@ -213,3 +213,17 @@ def test_transition_time_kept_while_status_holds() -> None:
 )
 def test_contains(observed: Any, desired: Any, same: bool) -> None:
     assert contains(observed, desired) is same
+
+
+def test_fields_dropped_from_the_spec_are_applied() -> None:
+    # The observed Deployment still has what the old spec rendered; the new spec leaves the
+    # node selector's second key and the tolerations out. Server-side apply only removes
+    # them if the operator applies again, so this must not read as "no change".
+    placed = {"replicas": 1, "nodeSelector": {"gpu": "h100", "zone": "a"},
+              "tolerations": [{"key": "gpu", "operator": "Exists"}]}  # fmt: skip
+    before = spec(decode=placed)
+    after = spec(decode={"replicas": 1, "nodeSelector": {"gpu": "h100"}})
+    plan = reconcile(Desired(POOL, after, "img"), Observed(served(before), ready_status(before), NOW))
+    assert {key_of(m) for m in plan.apply} == {("Deployment", "p-decode")}
+    again = reconcile(Desired(POOL, after, "img"), Observed(served(after), ready_status(after), NOW))
+    assert again.apply == ()
