@@ -45,8 +45,8 @@ def endpoints_from_slice(slice_: Mapping[str, Any]) -> tuple[WorkerEndpoint, ...
     """One EndpointSlice (as the API's JSON, camelCase) -> its worker endpoints.
 
     A slice without a known role label or a port yields nothing. Readiness
-    follows the API's rules: `ready` unset means ready, and a terminating
-    endpoint is never routable.
+    follows the API's rules: `serving` (else `ready`) unset means ready, and a
+    terminating endpoint is never routable.
     """
     labels = (slice_.get("metadata") or {}).get("labels") or {}
     role, port = labels.get(ROLE_LABEL), _port(slice_)
@@ -58,7 +58,11 @@ def endpoints_from_slice(slice_: Mapping[str, Any]) -> tuple[WorkerEndpoint, ...
         if not addresses:
             continue
         conditions = endpoint.get("conditions") or {}
-        ready = conditions.get("ready") is not False and not conditions.get("terminating")
+        # The worker Services publish not-ready addresses, for which the controller sets
+        # ready=true whatever the pod's state; serving is the pod's own readiness.
+        serving = conditions.get("serving")
+        state = conditions.get("ready") if serving is None else serving
+        ready = state is not False and not conditions.get("terminating")
         address = _host_port(addresses[0], port)  # all addresses of one endpoint are one pod
         target = endpoint.get("targetRef") or {}
         name = target.get("name") if target.get("kind") == "Pod" else None

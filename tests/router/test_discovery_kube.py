@@ -53,6 +53,12 @@ def ep(ip: str, pod: str | None = None, **conditions: Any) -> dict[str, Any]:
         (slice_("router", [ep("10.0.0.8")]), ()),  # routers are not workers
         (slice_(endpoints=[ep("10.0.0.9")], ports=[]), ()),  # no port: nothing to dial
         (slice_(endpoints=[{"addresses": [], "conditions": {"ready": True}}]), ()),
+        # The worker Services publish not-ready addresses, so the EndpointSlice controller
+        # writes ready=true for every pod; serving carries the pod's own readiness.
+        (slice_(endpoints=[ep("10.0.0.10", "w", ready=True, serving=False, terminating=False),
+                           ep("10.0.0.11", "v", ready=True, serving=True, terminating=False)]),
+         (WorkerEndpoint("w", "10.0.0.10:50051", "decode", False),
+          WorkerEndpoint("v", "10.0.0.11:50051", "decode", True))),
     ],
 )  # fmt: skip
 def test_endpoints_from_slice(slc: dict[str, Any], expected: tuple[WorkerEndpoint, ...]) -> None:
