@@ -138,9 +138,12 @@ class WorkerRegistry:
                 if w is not None:
                     await w.client.close()
                 self._workers[name] = _Worker(self._client_factory(name, ep.address))
-        for name in [n for n in self._workers if n not in snapshot]:
-            await self._workers.pop(name).client.close()
+        gone = [self._workers.pop(n) for n in [n for n in self._workers if n not in snapshot]]
+        # Publish the new endpoints before awaiting anything: views() pairs each endpoint
+        # with its worker, and requests read it while the gone channels close.
         self._endpoints = snapshot
+        for w in gone:
+            await w.client.close()
         names = [n for n, ep in snapshot.items() if ep.ready]
         results = await asyncio.gather(*(self._poll_one(n) for n in names), return_exceptions=True)
         changed = any(r is True for r in results)
