@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from tandem.sampling import SamplingParams
 from tandem.worker.config import EngineConfig
 from tandem.worker.engine import Engine
-from tandem.worker.errors import UnknownRequest
+from tandem.worker.errors import Draining, UnknownRequest
 from tandem.worker.outputs import KVChunk, LoadInfo, ModelInfo, Reservation, StepOutput
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class AsyncEngine:
             # step() already turns model errors into per-request errors; reaching
             # here is an engine bug. Fail every open stream rather than hang it.
             log.exception("engine step thread died")
+            # Before failing the open streams: from here on no new one is opened.
+            self._stopped = True
             self._loop.call_soon_threadsafe(self._fail_all, "engine stopped unexpectedly")
 
     def _fail_all(self, message: str) -> None:
@@ -158,6 +160,7 @@ class AsyncEngine:
     def reserve(
         self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams
     ) -> Reservation:
+        self._check_alive()
         return self._submit(lambda: self._engine.reserve(request_id, prompt_token_ids, params))  # type: ignore[return-value]
 
     def import_kv(self, chunk: KVChunk) -> None:
@@ -187,7 +190,14 @@ class AsyncEngine:
             q.put_nowait(StepOutput(request_id, (), True, "abort", 0, 0))
         return found
 
+    def _check_alive(self) -> None:
+        # Nothing would ever step a request admitted now: refuse it (UNAVAILABLE,
+        # so the router retries elsewhere) instead of leaving its stream hanging.
+        if not self.alive:
+            raise Draining("the engine has stopped and admits no new work")
+
     def _open(self, request_id: str) -> asyncio.Queue[StepOutput]:
+        self._check_alive()
         if request_id in self._streams:
             from tandem.sampling import InvalidRequest
 

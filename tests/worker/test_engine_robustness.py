@@ -220,3 +220,27 @@ async def test_unclaimed_reservation_expires_on_an_otherwise_idle_engine(
         assert eng.load()[0].kv_blocks_used == 0
     finally:
         await eng.shutdown()
+
+
+async def test_requests_after_the_step_thread_died_fail_instead_of_hanging(
+    tiny_model: ModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = AsyncEngine.start(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=64))
+    try:
+
+        def broken() -> list[object]:
+            raise RuntimeError("simulated engine bug")
+
+        monkeypatch.setattr(eng.engine, "step", broken)
+        first = [o async for o in eng.generate("x", [5, 6, 7], SamplingParams(max_tokens=3))]
+        assert first[-1].finish_reason == "error"
+        # Nothing steps any more: a new request must be refused (UNAVAILABLE,
+        # retry elsewhere), not queued on an engine that never runs it.
+        with pytest.raises(Draining):
+            await asyncio.wait_for(
+                _collect(eng.generate("y", [5, 6, 7], SamplingParams(max_tokens=3))), timeout=5.0
+            )
+        with pytest.raises(Draining):
+            eng.reserve("z", [5, 6, 7], SamplingParams())
+    finally:
+        await eng.shutdown()
