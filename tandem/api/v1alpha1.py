@@ -124,12 +124,53 @@ class ModelSource(_Model):
     )
 
 
+#: The pod-level rules on a toleration, so that a pool the API server accepts does not
+#: render a Deployment whose pod template it refuses: (CEL rule, message, field).
+_TOLERATION_RULES = (
+    (
+        "!(has(self.operator) && self.operator == 'Exists' && has(self.value) && self.value != '')",
+        "tolerations[].value must be empty when operator is Exists",
+        ".value",
+    ),
+    (
+        "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+        "tolerations[].key may be empty only when operator is Exists (it then matches every taint)",
+        ".key",
+    ),
+    (
+        "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "tolerations[].tolerationSeconds needs effect NoExecute",
+        ".tolerationSeconds",
+    ),
+)
+
+
 class Toleration(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": rule, "message": message, "fieldPath": path, "reason": "FieldValueInvalid"}
+                for rule, message, path in _TOLERATION_RULES
+            ]
+        }
+    )
+
     key: str | None = Field(default=None, max_length=253)
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = Field(default=None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds", ge=0)
+
+    @model_validator(mode="after")
+    def _pod_rules(self) -> Toleration:
+        exists = self.operator == "Exists"
+        if exists and self.value:
+            raise ValueError(_TOLERATION_RULES[0][1])
+        if not self.key and not exists:
+            raise ValueError(_TOLERATION_RULES[1][1])
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(_TOLERATION_RULES[2][1])
+        return self
 
 
 class ResourceAmounts(_Model):

@@ -82,6 +82,15 @@ INVALID = [
     ("too many GPUs per pod", pool(prefill={"gpusPerReplica": 17}), "spec.prefill.gpusPerReplica"),
     ("negative replicas", pool(router={"replicas": -1}), "spec.router.replicas"),
     ("no model", {**pool(), "spec": {}}, "spec.model"),
+    # tolerations the Deployment's pod template would be refused with
+    ("Exists toleration with a value",
+     pool(decode={"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}),
+     "spec.decode.tolerations[0]"),
+    ("toleration without key not Exists", pool(prefill={"tolerations": [{"value": "x"}]}),
+     "spec.prefill.tolerations[0]"),
+    ("tolerationSeconds without NoExecute",
+     pool(router={"tolerations": [{"key": "k", "tolerationSeconds": 30}]}),
+     "spec.router.tolerations[0]"),
 ]  # fmt: skip
 
 

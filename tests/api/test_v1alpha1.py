@@ -84,6 +84,10 @@ def test_examples_parse(path: Path) -> None:
         (with_("decode.gpusPerReplica", 17), "gpusPerReplica"),
         (with_("kvTransfer.transport", "carrier-pigeon"), "transport"),
         (with_("router.bogus", 1), "bogus"),
+        # Tolerations the API server would refuse in the Deployment's pod template.
+        (with_("decode.tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}]), "value"),
+        (with_("prefill.tolerations", [{"operator": "Equal", "value": "x"}]), "key"),
+        (with_("router.tolerations", [{"key": "k", "tolerationSeconds": 30}]), "tolerationSeconds"),
     ],
 )
 def test_rules_name_the_field(spec: dict[str, Any], field: str | None) -> None:
