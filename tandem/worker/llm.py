@@ -74,13 +74,20 @@ class LLM:
         plist = _as_params(params, len(batch))
         ids: list[str] = []
         token_lists: list[list[int]] = []
-        for prompt, p in zip(batch, plist, strict=True):
-            token_ids = self._encode(prompt)
-            self._counter += 1
-            rid = f"llm-{self._counter}"
-            self.engine.add_request(rid, token_ids, p)
-            ids.append(rid)
-            token_lists.append(token_ids)
+        try:
+            for prompt, p in zip(batch, plist, strict=True):
+                token_ids = self._encode(prompt)
+                self._counter += 1
+                rid = f"llm-{self._counter}"
+                self.engine.add_request(rid, token_ids, p)
+                ids.append(rid)
+                token_lists.append(token_ids)
+        except BaseException:
+            # A bad prompt rejects the whole call: the ones admitted before it
+            # must not run on into the next generate() (unknown ids there).
+            for rid in ids:
+                self.engine.abort(rid)
+            raise
         results: dict[str, list[int]] = {rid: [] for rid in ids}
         final: dict[str, tuple[str | None, int, str | None]] = {}
         while len(final) < len(ids):

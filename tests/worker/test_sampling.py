@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tandem import LLM, SamplingParams
+from tandem.sampling import InvalidRequest
 from tests.worker.conftest import ModelFactory
 
 
@@ -61,3 +62,14 @@ def test_min_tokens_suppresses_eos(llm: LLM) -> None:
     eos = llm.engine.model_info.eos_token_ids
     out = llm.generate("Hi", SamplingParams(max_tokens=8, min_tokens=8, temperature=1.5, seed=5, stop_token_ids=eos))[0]
     assert len(out.token_ids) == 8 and not set(out.token_ids) & set(eos)
+
+
+def test_a_rejected_prompt_leaves_nothing_behind_for_the_next_batch(tiny_model: ModelFactory) -> None:
+    llm = LLM(str(tiny_model("llama")), device="cpu", num_kv_blocks=64)
+    p = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    with pytest.raises(InvalidRequest, match="vocabulary"):
+        llm.generate([[5, 6, 7], [10**7]], p)  # the first prompt was admitted already
+    # Its request must not linger in the engine and surface in this call.
+    (out,) = llm.generate([[8, 9, 10]], p)
+    assert len(out.token_ids) == 3 and out.finish_reason == "length"
+    assert not llm.engine.has_work() and llm.engine.pool.num_used == 0
