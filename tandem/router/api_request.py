@@ -125,7 +125,7 @@ def _common_fields(kind: Kind, body: dict[str, object]) -> dict[str, object]:
     max_tokens = _opt_int(body, "max_tokens")
     if kind == "chat" and body.get("max_completion_tokens") is not None:
         max_tokens = _opt_int(body, "max_completion_tokens")
-    name = "max_completion_tokens" if max_tokens is not None and body.get("max_tokens") is None else "max_tokens"
+    name = "max_completion_tokens" if kind == "chat" and body.get("max_completion_tokens") is not None else "max_tokens"
     if max_tokens is not None and max_tokens < 1:
         raise BadRequest(f"{name} must be >= 1, got {max_tokens}", param=name)
     model = body.get("model")

@@ -62,9 +62,10 @@ class Frontend:
 
     def job(self, req: ApiRequest, prompt: tuple[int, ...], facts: ModelFacts, headers: dict[str, str]) -> Job:
         cls = resolve(self.config.classes, self.config.default_class, headers, req.priority)
-        for t in (*prompt, *req.stop_token_ids):
-            if t >= facts.vocab_size:
-                raise BadRequest(f"token id {t} is out of range for a vocabulary of {facts.vocab_size}", param="prompt")
+        for name, ids in (("prompt", prompt), ("stop_token_ids", req.stop_token_ids)):
+            for t in ids:
+                if t >= facts.vocab_size:
+                    raise BadRequest(f"token id {t} is out of range for a vocabulary of {facts.vocab_size}", param=name)
         params = api_request.sampling_params(req, len(prompt), facts.max_model_len, facts.eos_token_ids)
         if params.seed is not None and not -(2**63) <= params.seed < 2**63:
             raise BadRequest("seed must fit in a signed 64-bit integer", param="seed")

@@ -32,6 +32,8 @@ from tandem.sampling import InvalidRequest
         ("completion", {"prompt": "x", "max_tokens": True}, "max_tokens", "integer"),
         ("chat", {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0},
          "max_completion_tokens", ">= 1"),
+        ("chat", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 0},
+         "max_completion_tokens", "max_completion_tokens must be >= 1"),
         ("completion", {"prompt": "x", "temperature": "hot"}, "temperature", "number"),
         ("completion", {"prompt": "x", "stop": 3}, "stop", "stop must be"),
         ("completion", {"prompt": "x", "stop": [""]}, "stop", "stop must be"),

@@ -105,6 +105,7 @@ async def test_stream_chat_with_usage(colocated) -> None:
         ({"prompt": "x", "max_tokens": 1000}, 400, "max_tokens"),
         ({"prompt": "x" * 300}, 400, "prompt"),
         ({"prompt": [1, 2, 5000]}, 400, "prompt"),
+        ({"prompt": [1, 2], "stop_token_ids": [5000]}, 400, "stop_token_ids"),
         ({"prompt": "x", "temperature": -1}, 400, "temperature"),
         ({"prompt": "x", "top_p": 0}, 400, "top_p"),
         ({"prompt": ["a", "b"]}, 400, "prompt"),
