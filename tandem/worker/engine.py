@@ -215,7 +215,11 @@ class Engine:
             suppress: tuple[int, ...] = ()
             if len(req.output_token_ids) < req.params.min_tokens:
                 eos = () if req.params.ignore_eos else req.params.eos_token_ids
-                suppress = tuple(eos) + req.params.stop_token_ids
+                # Ids outside the vocabulary can never be sampled (stop_token_ids
+                # are not bounded by the vocabulary): indexing logits with them
+                # would fail the whole step.
+                vocab = self.runner.config.vocab_size
+                suppress = tuple(t for t in (*eos, *req.params.stop_token_ids) if t < vocab)
             specs[s.request_id] = SampleSpec(req.params, self._seeded.get(s.request_id), suppress)
         return specs
 

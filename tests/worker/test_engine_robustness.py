@@ -244,3 +244,22 @@ async def test_requests_after_the_step_thread_died_fail_instead_of_hanging(
             eng.reserve("z", [5, 6, 7], SamplingParams())
     finally:
         await eng.shutdown()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_stop_token_id_outside_the_vocabulary_fails_no_request(
+    tiny_model: ModelFactory, temperature: float
+) -> None:
+    # Such an id can never be sampled; while min_tokens suppresses stop ids it
+    # must not fail the step (and with it every request in the batch).
+    e = Engine(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=64))
+    e.add_request("bystander", [5, 6, 7], SamplingParams(max_tokens=3, ignore_eos=True))
+    odd = SamplingParams(max_tokens=3, min_tokens=2, temperature=temperature, seed=1, stop_token_ids=(10**7,))
+    e.add_request("odd", [8, 9, 10], odd)
+    outs = []
+    while e.has_work():
+        outs += e.step()
+    assert all(o.error is None for o in outs)
+    for rid in ("bystander", "odd"):
+        assert sum(len(o.new_token_ids) for o in outs if o.request_id == rid) == 3
+    assert e.pool.num_used == 0
