@@ -157,6 +157,10 @@ class Orchestrator:
                 self._traffic.first_token(ticket, first.num_prompt_tokens - first.num_cached_tokens)
                 if first.finish_reason == "prefilled":
                     first = replace(first, finished=False, finish_reason=None)
+                if first.finished:
+                    # Done at its first token: no Decode will claim D's reservation, so free
+                    # it now (before yielding: the consumer may stop right after this event).
+                    self._cancel(decode.name, job.request_id)
                 done = first.finished
                 yield first
                 if done:

@@ -335,3 +335,26 @@ async def test_decode_side_prefix_hit_keeps_the_request_colocated() -> None:
         await router.stop()
         await ps.stop(None)
         await ds.stop(None)
+
+
+async def test_request_finished_by_its_first_token_frees_the_decode_reservation() -> None:
+    # max_tokens=1: the prefill worker's first token ends the request, so no Decode call
+    # will ever claim the blocks reserved on the decode worker; they must be freed now,
+    # not when the reservation expires.
+    ps, prefill = await start_fake("prefill")
+    ds, decode = await start_fake("decode")
+    router = await _router([prefill.address, decode.address], min_prompt_tokens=8)
+    try:
+        prompt = list(range(20, 40))
+        status, body, _ = await _post(f"http://127.0.0.1:{router.http_port}/v1/completions",
+                                      {"prompt": prompt, "max_tokens": 1})
+        assert status == 200, body
+        assert body["choices"][0]["text"] == fake_text(prompt, 1)
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert [c for c, _ in decode.calls] == ["Reserve"]
+        await asyncio.sleep(0.2)
+        assert decode.reserved == {} and decode.live == set()
+    finally:
+        await router.stop()
+        await ps.stop(None)
+        await ds.stop(None)
