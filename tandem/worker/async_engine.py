@@ -241,10 +241,15 @@ class AsyncEngine:
 
     async def set_role(self, role: str) -> None:
         """Drain, switch role, admit again. The model stays loaded."""
-        await self.drain()
-        with self._lock:
-            self._engine.set_role(role)
-            self._engine.draining = False
+        try:
+            await self.drain()
+            with self._lock:
+                self._engine.set_role(role)
+        finally:
+            # Also when the drain was cancelled (the caller gave up) or the switch
+            # was refused: the engine serves on, in whichever role it now has.
+            with self._lock:
+                self._engine.draining = False
 
     def resume(self) -> None:
         with self._lock:

@@ -263,3 +263,22 @@ def test_a_stop_token_id_outside_the_vocabulary_fails_no_request(
     for rid in ("bystander", "odd"):
         assert sum(len(o.new_token_ids) for o in outs if o.request_id == rid) == 3
     assert e.pool.num_used == 0
+
+
+async def test_a_cancelled_role_change_admits_work_again(tiny_model: ModelFactory) -> None:
+    # SetRole's client may give up while the drain waits; the worker then serves
+    # on in its old role rather than refusing every request as "draining".
+    eng = AsyncEngine.start(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=64))
+    try:
+        eng.reserve("held", [5, 6, 7], SamplingParams())  # keeps the drain waiting
+        change = asyncio.ensure_future(eng.set_role("decode"))
+        await asyncio.sleep(0.2)
+        change.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await change
+        assert eng.role == "both"
+        eng.abort("held")
+        p = SamplingParams(max_tokens=2, ignore_eos=True)
+        assert len(await asyncio.wait_for(_collect(eng.generate("y", [5, 6, 7], p)), 5.0)) == 2
+    finally:
+        await eng.shutdown()
