@@ -187,7 +187,11 @@ class AsyncEngine:
         found = bool(self._submit(lambda: self._engine.abort(request_id)))
         q = self._streams.pop(request_id, None)
         if q is not None:
-            q.put_nowait(StepOutput(request_id, (), True, "abort", 0, 0))
+            # Callers may be off the loop (the Cancel RPC runs this in a thread):
+            # an asyncio queue must only be touched on the loop's own thread.
+            self._loop.call_soon_threadsafe(
+                q.put_nowait, StepOutput(request_id, (), True, "abort", 0, 0)
+            )
         return found
 
     def _check_alive(self) -> None:

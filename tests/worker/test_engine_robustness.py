@@ -12,6 +12,7 @@ from tandem.worker.async_engine import AsyncEngine
 from tandem.worker.config import EngineConfig
 from tandem.worker.engine import Engine
 from tandem.worker.errors import Draining
+from tandem.worker.outputs import StepOutput
 from tests.worker.conftest import ModelFactory
 
 
@@ -282,3 +283,31 @@ async def test_a_cancelled_role_change_admits_work_again(tiny_model: ModelFactor
         assert len(await asyncio.wait_for(_collect(eng.generate("y", [5, 6, 7], p)), 5.0)) == 2
     finally:
         await eng.shutdown()
+
+
+@pytest.mark.timeout(60)  # the unsafe way could leave the stream waiting forever
+async def test_abort_from_another_thread_ends_the_stream_through_the_loop(
+    tiny_model: ModelFactory,
+) -> None:
+    # The Cancel RPC aborts from a worker thread (a step may hold the engine
+    # lock). asyncio objects must only be touched on the loop's own thread;
+    # debug mode turns a violation into an error instead of a missed wake-up.
+    asyncio.get_running_loop().set_debug(True)
+    eng = AsyncEngine.start(
+        EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=4, block_size=16)
+    )
+    try:
+        eng.reserve("held", list(range(3, 50)), SamplingParams())  # x waits: its stream is idle
+        consumer = asyncio.ensure_future(
+            _collect_outputs(eng.generate("x", list(range(3, 40)), SamplingParams()))
+        )
+        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(eng.abort, "x")
+        outs = await asyncio.wait_for(consumer, 5.0)
+        assert outs[-1].finished and outs[-1].finish_reason == "abort"
+    finally:
+        await eng.shutdown()
+
+
+async def _collect_outputs(stream: object) -> list[StepOutput]:
+    return [o async for o in stream]  # type: ignore[attr-defined]
