@@ -235,7 +235,8 @@ class AsyncEngine:
         with self._lock:
             self._engine.draining = True
             idle = self._engine.idle()
-        while not idle:
+        # A dead step thread finishes nothing (its streams were failed already).
+        while not idle and self.alive:
             self._idle.clear()
             self._wake.set()
             with contextlib.suppress(TimeoutError):

@@ -311,3 +311,23 @@ async def test_abort_from_another_thread_ends_the_stream_through_the_loop(
 
 async def _collect_outputs(stream: object) -> list[StepOutput]:
     return [o async for o in stream]  # type: ignore[attr-defined]
+
+
+async def test_drain_of_an_engine_whose_step_thread_died_returns(
+    tiny_model: ModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its work will never finish; waiting for it would hang a role change forever.
+    eng = AsyncEngine.start(EngineConfig(str(tiny_model("llama")), device="cpu", num_kv_blocks=64))
+    try:
+
+        def broken() -> list[object]:
+            raise RuntimeError("simulated engine bug")
+
+        monkeypatch.setattr(eng.engine, "step", broken)
+        outs = await _collect_outputs(eng.generate("x", [5, 6, 7], SamplingParams(max_tokens=3)))
+        assert outs[-1].finish_reason == "error"
+        await asyncio.wait_for(eng.drain(), timeout=5.0)
+        with pytest.raises(Draining):
+            await asyncio.wait_for(eng.set_role("decode"), timeout=5.0)
+    finally:
+        await eng.shutdown()
