@@ -228,9 +228,12 @@ async def _start_http(service: WorkerService, host: str, port: int | None) -> we
         )
 
     async def health(_request: web.Request) -> web.Response:
-        state = "draining" if service.draining else "serving"
+        if not service.engine.alive:
+            state = "not_serving"  # the engine's step thread has stopped
+        else:
+            state = "draining" if service.draining else "serving"
         body = {"status": state, "role": service.engine.role}
-        return web.json_response(body, status=503 if service.draining else 200)
+        return web.json_response(body, status=200 if state == "serving" else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -326,6 +326,13 @@ class Engine:
         if not 0 <= chunk.layer < self.runner.config.num_hidden_layers:
             raise InvalidRequest("layer", f"{chunk.layer} is outside [0, {self.runner.config.num_hidden_layers})")
         end = chunk.first_block + chunk.num_blocks
+        skip = req.num_cached_tokens // self.pool.block_size
+        if chunk.num_blocks and chunk.first_block < skip:
+            # Those blocks come from this worker's prefix cache and may be shared
+            # with running requests: a sender must never overwrite them.
+            raise InvalidRequest(
+                "first_block", f"{chunk.first_block} is inside the {skip} blocks this worker already holds"
+            )
         if chunk.first_block < 0 or end > len(req.block_ids):
             raise InvalidRequest("first_block", f"blocks [{chunk.first_block}, {end}) exceed the reservation of {len(req.block_ids)}")
         self.runner.write_blocks(chunk.layer, req.block_ids[chunk.first_block : end], chunk.k, chunk.v)

@@ -90,11 +90,18 @@ class LLM:
             raise
         results: dict[str, list[int]] = {rid: [] for rid in ids}
         final: dict[str, tuple[str | None, int, str | None]] = {}
-        while len(final) < len(ids):
-            for out in self.engine.step():
-                results[out.request_id].extend(out.new_token_ids)
-                if out.finished:
-                    final[out.request_id] = (out.finish_reason, out.num_cached_tokens, out.error)
+        try:
+            while len(final) < len(ids):
+                for out in self.engine.step():
+                    results[out.request_id].extend(out.new_token_ids)
+                    if out.finished:
+                        final[out.request_id] = (out.finish_reason, out.num_cached_tokens, out.error)
+        except BaseException:
+            # Interrupted (Ctrl-C, an error): leave nothing running into the next call.
+            for rid in ids:
+                if rid not in final:
+                    self.engine.abort(rid)
+            raise
         return [
             self._output(token_lists[i], results[rid], final[rid], plist[i]) for i, rid in enumerate(ids)
         ]

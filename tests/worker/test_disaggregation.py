@@ -121,3 +121,23 @@ def test_unclaimed_reservation_expires_and_abort_frees(tiny_model: ModelFactory)
     dec2.reserve("b", list(range(3, 40)), P)
     assert dec2.abort("b") and dec2.pool.num_used == 0
     assert not dec2.abort("b")
+
+
+def test_import_refuses_to_overwrite_decode_side_prefix_blocks(tiny_model: ModelFactory) -> None:
+    import torch
+
+    from tandem.sampling import InvalidRequest
+
+    model = tiny_model("llama")
+    pre = engine(model, "prefill")
+    dec = engine(model, "decode")
+    prompt = mixed_prompts(seed=9, vocab=1000, lengths=(50,))[0]
+    disaggregated(pre, dec, "a", prompt)  # the decode side now caches 3 full blocks
+    res = dec.reserve("b", prompt, P)
+    assert res.skip_blocks == 3
+    shape = (1, 16, 2, 16)
+    with pytest.raises(InvalidRequest, match="already holds"):
+        dec.import_kv(KVChunk("b", 0, 0, torch.randn(shape), torch.randn(shape)))
+    dec.import_kv(KVChunk("b", 0, 3, torch.randn(shape), torch.randn(shape)))  # past the prefix: fine
+    dec.abort("b")
+    assert dec.pool.num_used == 0
