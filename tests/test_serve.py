@@ -160,6 +160,28 @@ async def test_supervisor_restarts_a_crashed_process_once_per_crash() -> None:
     assert healthy.starts == 1 and sup.restarts == {"decode-0": 1, "prefill-0": 0}
 
 
+async def test_supervisor_survives_a_process_whose_status_cannot_be_read() -> None:
+    class Flaky(_Fake):
+        def __init__(self) -> None:
+            super().__init__("decode-0")
+            self.failures = 3
+
+        def poll(self) -> int | None:
+            if self.failures:
+                self.failures -= 1
+                raise TimeoutError("status call timed out")  # e.g. a slow Ray actor
+            return self.code
+
+    flaky = Flaky()
+    stop = asyncio.Event()
+    task = asyncio.create_task(Supervisor([flaky], poll_s=0.02).watch(stop))
+    await asyncio.sleep(0.3)
+    assert not task.done(), "the supervisor stopped watching"
+    stop.set()
+    await task
+    assert flaky.failures == 0 and flaky.starts == 1
+
+
 async def test_stop_all_terminates_everything() -> None:
     procs = [_Fake("a"), _Fake("b")]
     await stop_all(procs, timeout_s=1)

@@ -55,7 +55,13 @@ class Supervisor:
                         del pending[p.name]
                         self._restart(p)
                     continue
-                code = p.poll()
+                try:
+                    code = p.poll()
+                except Exception:
+                    # A status read that fails (e.g. a slow Ray actor call) says
+                    # nothing about the process: log it and look again next round.
+                    log.exception("cannot read the status of %s", p.name)
+                    continue
                 if code is None:
                     if now - self._started[p.name] > STABLE_AFTER_S:
                         self._crashes[p.name] = 0
