@@ -86,7 +86,15 @@ class WorkerRegistry:
         return out
 
     def client(self, name: str) -> WorkerClient:
-        return self._workers[name].client
+        return self._worker(name).client
+
+    def _worker(self, name: str) -> _Worker:
+        """A worker chosen a moment ago may have left discovery since (an await in
+        between): that is a retryable 503, not an internal error."""
+        w = self._workers.get(name)
+        if w is None:
+            raise Unavailable(f"worker {name} left the pool while the request was being routed")
+        return w
 
     def mark_down(self, name: str, reason: str) -> None:
         w = self._workers.get(name)
@@ -98,7 +106,7 @@ class WorkerRegistry:
     @contextlib.contextmanager
     def track(self, name: str, prefill_tokens: int = 0) -> Iterator[Callable[[], None]]:
         """Count a request in flight on a worker; the yielded callable says its prefill is done."""
-        w = self._workers[name]
+        w = self._worker(name)
         w.inflight += 1
         w.inflight_prefill_tokens += prefill_tokens
         pending = [prefill_tokens]

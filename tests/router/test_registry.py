@@ -63,3 +63,29 @@ async def test_views_stay_consistent_while_a_removed_worker_closes() -> None:
     clients["b"].release.set()
     await polling
     assert [v.name for v in registry.views()] == ["a"]
+
+
+async def test_a_worker_that_left_since_it_was_chosen_is_a_503_not_a_500() -> None:
+    import pytest
+
+    from tandem.router.errors import Unavailable
+
+    a = WorkerEndpoint("a", "a:1", "both", True)
+    discovery = _Discovery((a,))
+    clients: dict[str, _Client] = {}
+
+    def factory(name: str, address: str) -> _Client:
+        clients[name] = _Client(name, address)
+        clients[name].release.set()
+        return clients[name]
+
+    registry = WorkerRegistry(discovery, client_factory=factory)  # type: ignore[arg-type]
+    await registry.poll()
+    chosen = registry.views()[0].name
+    discovery.endpoints = ()
+    await registry.poll()  # the worker leaves between selection and the call
+    with pytest.raises(Unavailable, match="left the pool"):
+        registry.client(chosen)
+    with pytest.raises(Unavailable), registry.track(chosen):
+        pass
+    assert Unavailable.status == 503
