@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -65,16 +66,19 @@ class RouterServicer(rpb_grpc.RouterServiceServicer):
             if remaining is not None:
                 job = _with_timeout(job, remaining)
             request_id = request.request_id or job.request_id
-            async for d in fe.generation.stream(job, received):
-                chunk = pb.TokenChunk(
-                    request_id=request_id,
-                    token_ids=list(d.token_ids),
-                    finished=d.finish_reason is not None,
-                    finish_reason=d.finish_reason or "",
-                    num_prompt_tokens=d.prompt_tokens,
-                    num_cached_tokens=d.cached_tokens,
-                )
-                yield rpb.RouterGenerateResponse(tokens=chunk, text=d.text, request_id=request_id)
+            # Closed explicitly (as the HTTP path does) so a failed write or a
+            # cancelled call releases the admission slot at once, not at GC time.
+            async with contextlib.aclosing(fe.generation.stream(job, received)) as deltas:
+                async for d in deltas:
+                    chunk = pb.TokenChunk(
+                        request_id=request_id,
+                        token_ids=list(d.token_ids),
+                        finished=d.finish_reason is not None,
+                        finish_reason=d.finish_reason or "",
+                        num_prompt_tokens=d.prompt_tokens,
+                        num_cached_tokens=d.cached_tokens,
+                    )
+                    yield rpb.RouterGenerateResponse(tokens=chunk, text=d.text, request_id=request_id)
         except Exception as exc:
             code, message = grpc_code(exc)
             await context.abort(code, message)
