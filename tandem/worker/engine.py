@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -62,7 +62,7 @@ class Engine:
         self.max_model_len = self.runner.max_model_len
         self.pool = BlockPool(self.runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len),
+            SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs),
             self.pool,
         )
         tok_path = Path(config.model) / "tokenizer.json"
@@ -144,8 +144,6 @@ class Engine:
     def _with_eos(self, params: SamplingParams) -> SamplingParams:
         if params.eos_token_ids or not self.model_info.eos_token_ids:
             return params
-        from dataclasses import replace
-
         return replace(params, eos_token_ids=self.model_info.eos_token_ids)
 
     def _next_arrival(self) -> int:

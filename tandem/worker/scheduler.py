@@ -26,7 +26,6 @@ from tandem.worker.request import Request, Status
 class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 128
-    max_model_len: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:

@@ -12,7 +12,7 @@ P = SamplingParams(max_tokens=8, temperature=0.0)
 
 
 def make(num_blocks: int = 8, block_size: int = 4, budget: int = 64, max_seqs: int = 8) -> Scheduler:
-    return Scheduler(SchedulerConfig(budget, max_seqs, 1024), BlockPool(num_blocks, block_size))
+    return Scheduler(SchedulerConfig(budget, max_seqs), BlockPool(num_blocks, block_size))
 
 
 def req(rid: str, n: int, arrival: int, base: int = 0) -> Request:
