@@ -62,11 +62,17 @@ def paged_prefill_attention(
     *,
     max_query_len: int,
     max_seq_len: int,
+    k_new: torch.Tensor | None = None,  # [T, num_kv_heads, head_dim], this step's rotated K
+    v_new: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim]
+    """`k_new`/`v_new` (optional) are this step's K/V rows, equal to what it
+    stored; the kernel reads the chunk's own positions from them (contiguous,
+    TMA-friendly) and only earlier context from the cache. The reference reads
+    everything from the cache."""
     if use_triton(q):
         return _prefill.paged_prefill_attention(
             q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
-            max_query_len=max_query_len,
+            max_query_len=max_query_len, k_new=k_new, v_new=v_new,
         )  # fmt: skip
     return _prefill.paged_prefill_attention_ref(
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale
@@ -106,10 +112,13 @@ def rotary_store_kv(
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # [T] int64, -1 = skip
+    *,
+    k_out: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim]
     """RoPE on q and k plus store of the rotated k and v into the paged cache,
-    in one pass. Returns the rotated q; the rotated k exists only in the cache."""
+    in one pass. Returns the rotated q; the rotated k also goes to `k_out`
+    when given (which may be k itself), else it exists only in the cache."""
     args = (q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping)
     if use_triton(q):
-        return _rotary_store_kv.rotary_store_kv(*args)
-    return _rotary_store_kv.rotary_store_kv_ref(*args)
+        return _rotary_store_kv.rotary_store_kv(*args, k_out=k_out)
+    return _rotary_store_kv.rotary_store_kv_ref(*args, k_out=k_out)

@@ -8,13 +8,22 @@ step) sits at position N_s - L_s + i and attends to positions <= its own.
 Algorithm: FlashAttention-2 (Dao, "FlashAttention-2: Faster Attention with
 Better Parallelism and Work Partitioning", 2023). One program owns a tile of
 BLOCK_M query rows of one sequence and one query head; it streams K and V in
-tiles of BLOCK_N positions gathered through the block table (PagedAttention,
-Kwon et al., SOSP 2023) and keeps a running max, sum and output in float32
+tiles of BLOCK_N positions and keeps a running max, sum and output in float32
 (online softmax, base 2). Key tiles that lie wholly at or before the tile's
-first query position need no mask and run in a first loop; only the tiles
-that cross the diagonal pay for the causal mask. Programs take the heaviest
-query tiles (last in the sequence, most keys) first so the tail of the grid
-is short.
+first query position need no mask and run in a loop of their own; only the
+tiles that cross the diagonal pay for the causal mask. Programs take the
+heaviest query tiles (last in the sequence, most keys) first so the tail of
+the grid is short.
+
+Where K and V come from:
+- Paged (default): every position is gathered through the block table
+  (PagedAttention, Kwon et al., SOSP 2023).
+- Split (`k_new`/`v_new` given): the chunk's own positions are read from the
+  contiguous K/V rows this step just computed and stored, and only the earlier
+  context from the paged cache. Contiguous rows can be fetched by the Hopper
+  tensor-memory accelerator (TMA: one descriptor load per tile, no address
+  arithmetic in the threads), which the 16-row cache blocks do not allow; this
+  is the usual split of an "extend" step into cached prefix and new tokens.
 """
 
 from __future__ import annotations
@@ -30,6 +39,11 @@ if checks.HAS_TRITON:
     import triton
     import triton.language as tl
 
+    try:  # host-side TMA descriptors (Triton >= 3.4)
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # pragma: no cover - older Triton: the pointer paths only
+        TensorDescriptor = None
+
     @triton.jit
     def _dot_acc(a, b, acc, IEEE: tl.constexpr):
         if IEEE:
@@ -37,58 +51,82 @@ if checks.HAS_TRITON:
         return tl.dot(a, b, acc)
 
     @triton.jit
-    def _attend_tile(
-        q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, table, kv_off, d, n0, hi, qpos, qk_scale,
-        head_dim, stride_cb, stride_cs,
-        BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-    ):  # fmt: skip
-        n = n0 + tl.arange(0, BLOCK_N)
-        if MASKED:
-            nmask = n < hi
-            blk = tl.load(table + n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
-        else:
-            blk = tl.load(table + n // BLOCK_SIZE).to(tl.int64)
-        rows = blk * stride_cb + (n % BLOCK_SIZE) * stride_cs + kv_off
-        ptrs = rows[:, None] + d[None, :]
-        if MASKED:
-            if EVEN_D:
-                k = tl.load(k_cache_ptr + ptrs, mask=nmask[:, None], other=0.0)
-                v = tl.load(v_cache_ptr + ptrs, mask=nmask[:, None], other=0.0)
-            else:
-                kvmask = nmask[:, None] & (d < head_dim)[None, :]
-                k = tl.load(k_cache_ptr + ptrs, mask=kvmask, other=0.0)
-                v = tl.load(v_cache_ptr + ptrs, mask=kvmask, other=0.0)
-        elif EVEN_D:
-            k = tl.load(k_cache_ptr + ptrs)
-            v = tl.load(v_cache_ptr + ptrs)
-        else:
-            k = tl.load(k_cache_ptr + ptrs, mask=(d < head_dim)[None, :], other=0.0)
-            v = tl.load(v_cache_ptr + ptrs, mask=(d < head_dim)[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = _dot_acc(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), IEEE)
-        if MASKED:
-            s = tl.where((n[None, :] <= qpos[:, None]) & (n < hi)[None, :], s, float("-inf"))
-        # The softmax scale (in log2 units) is folded into one FMA per score.
+    def _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE: tl.constexpr):
+        """One online-softmax update with the scores `s` of a K tile and its V tile."""
         m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
         alpha = tl.exp2(m_i - m_new)
+        # The softmax scale (in log2 units) is folded into one FMA per score.
         p = tl.exp2(s * qk_scale - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None], IEEE)
         return acc, m_new, l_i
 
     @triton.jit
+    def _load_paged(
+        cache_ptr, table, kv_off, d, n, hi, head_dim, stride_cb, stride_cs,
+        BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+    ):  # fmt: skip
+        """A [BLOCK_N, BLOCK_D] tile of positions `n` gathered through the block table."""
+        if MASKED:
+            nmask = n < hi
+            blk = tl.load(table + n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        else:
+            blk = tl.load(table + n // BLOCK_SIZE).to(tl.int64)
+        ptrs = cache_ptr + (blk * stride_cb + (n % BLOCK_SIZE) * stride_cs + kv_off)[:, None] + d[None, :]
+        if MASKED:
+            if EVEN_D:
+                return tl.load(ptrs, mask=nmask[:, None], other=0.0)
+            return tl.load(ptrs, mask=nmask[:, None] & (d < head_dim)[None, :], other=0.0)
+        if EVEN_D:
+            return tl.load(ptrs)
+        return tl.load(ptrs, mask=(d < head_dim)[None, :], other=0.0)
+
+    @triton.jit
+    def _load_new(
+        new_ptr, desc, row0, j0, hi, kv_off, head_dim, stride_nt,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        MASKED: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+    ):  # fmt: skip
+        """A tile of this chunk's own K or V rows: relative positions j0 ..
+        j0 + BLOCK_N, token rows row0 + j of the contiguous new K/V. TMA fills
+        rows past the tensor with zeros, and rows of a following sequence are
+        masked out by causality, so only the pointer path needs a bound."""
+        if TMA:
+            return desc.load([row0 + j0, kv_off])
+        j = j0 + tl.arange(0, BLOCK_N)
+        d = tl.arange(0, BLOCK_D)
+        ptrs = new_ptr + ((row0 + j).to(tl.int64) * stride_nt + kv_off)[:, None] + d[None, :]
+        if MASKED:
+            if EVEN_D:
+                return tl.load(ptrs, mask=(j < hi)[:, None], other=0.0)
+            return tl.load(ptrs, mask=(j < hi)[:, None] & (d < head_dim)[None, :], other=0.0)
+        if EVEN_D:
+            return tl.load(ptrs)
+        return tl.load(ptrs, mask=(d < head_dim)[None, :], other=0.0)
+
+    @triton.jit
+    def _scores(q, k, n, hi, qpos, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                MASKED: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+        """q k^T for a tile; masked tiles hide keys past `hi` and past each row's position."""
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = _dot_acc(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), IEEE)
+        if MASKED:
+            s = tl.where((n[None, :] <= qpos[:, None]) & (n < hi)[None, :], s, float("-inf"))
+        return s
+
+    @triton.jit
     def _paged_prefill_attention_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr,
+        k_new_ptr, v_new_ptr, k_desc, v_desc,
         qk_scale,
         stride_qt, stride_qh, stride_ot, stride_oh,
-        stride_cb, stride_cs, stride_ch, stride_bt,
+        stride_cb, stride_cs, stride_ch, stride_bt, stride_nt, stride_nh,
         group, head_dim,
         BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, GROUP_TILE: tl.constexpr, EVEN_D: tl.constexpr,
         UPCAST: tl.constexpr, IEEE: tl.constexpr,
+        SPLIT: tl.constexpr, TMA: tl.constexpr, PIPE: tl.constexpr,
     ):  # fmt: skip
         # Row r of the tile is query token r // GROUP_TILE of the tile and, when
         # GQA is packed (GROUP_TILE > 1), query head r % GROUP_TILE of the group.
@@ -100,7 +138,8 @@ if checks.HAS_TRITON:
         if m_tile * TOK_M >= q_len:
             return
         seq_len = tl.load(seq_lens_ptr + b)
-        first_pos = seq_len - q_len + m_tile * TOK_M  # position of the tile's first query
+        ctx_len = seq_len - q_len  # positions cached before this chunk
+        first_pos = ctx_len + m_tile * TOK_M  # position of the tile's first query
 
         r = tl.arange(0, BLOCK_M)
         if GROUP_TILE == 1:
@@ -125,21 +164,87 @@ if checks.HAS_TRITON:
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         table = block_tables_ptr + b.to(tl.int64) * stride_bt
         kv_off = kvh * stride_ch
-        # Keys [0, full_end) are visible to every row of the tile: no mask.
-        full_end = (first_pos + 1) // BLOCK_N * BLOCK_N
+        # Paged positions [0, paged_hi): everything when not split, else the context.
+        if SPLIT:
+            paged_hi = ctx_len
+            full_end = ctx_len // BLOCK_N * BLOCK_N
+        else:
+            paged_hi = tl.minimum(seq_len, first_pos + TOK_M)
+            # Keys [0, full_end) are visible to every row of the tile: no mask.
+            full_end = (first_pos + 1) // BLOCK_N * BLOCK_N
         for n0 in range(0, full_end, BLOCK_N):
-            acc, m_i, l_i = _attend_tile(
-                q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, table, kv_off, d, n0, seq_len, qpos,
-                qk_scale, head_dim, stride_cb, stride_cs,
-                BLOCK_SIZE, BLOCK_M, BLOCK_N, False, EVEN_D, UPCAST, IEEE,
-            )  # fmt: skip
-        hi = tl.minimum(seq_len, first_pos + TOK_M)
-        for n0 in range(full_end, hi, BLOCK_N):
-            acc, m_i, l_i = _attend_tile(
-                q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, table, kv_off, d, n0, hi, qpos,
-                qk_scale, head_dim, stride_cb, stride_cs,
-                BLOCK_SIZE, BLOCK_M, BLOCK_N, True, EVEN_D, UPCAST, IEEE,
-            )  # fmt: skip
+            n = n0 + tl.arange(0, BLOCK_N)
+            k = _load_paged(k_cache_ptr, table, kv_off, d, n, seq_len, head_dim, stride_cb, stride_cs,
+                            BLOCK_SIZE, False, EVEN_D)  # fmt: skip
+            v = _load_paged(v_cache_ptr, table, kv_off, d, n, seq_len, head_dim, stride_cb, stride_cs,
+                            BLOCK_SIZE, False, EVEN_D)  # fmt: skip
+            s = _scores(q, k, n, seq_len, qpos, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
+            if UPCAST:
+                v = v.to(tl.float32)
+            acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+        for n0 in range(full_end, paged_hi, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            k = _load_paged(k_cache_ptr, table, kv_off, d, n, paged_hi, head_dim, stride_cb, stride_cs,
+                            BLOCK_SIZE, True, EVEN_D)  # fmt: skip
+            v = _load_paged(v_cache_ptr, table, kv_off, d, n, paged_hi, head_dim, stride_cb, stride_cs,
+                            BLOCK_SIZE, True, EVEN_D)  # fmt: skip
+            s = _scores(q, k, n, paged_hi, qpos, BLOCK_M, BLOCK_N, True, UPCAST, IEEE)
+            if UPCAST:
+                v = v.to(tl.float32)
+            acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+
+        if SPLIT:
+            # This chunk's own keys, relative position j = position - ctx_len.
+            rel = m_tile * TOK_M
+            qrel = rel + r // GROUP_TILE
+            new_off = kvh * stride_nh
+            full_new = (rel + 1) // BLOCK_N * BLOCK_N
+            if PIPE:
+                # Software-pipelined by hand (FlashAttention-3's intra-warpgroup
+                # overlap, Shah et al. 2024): the next tile's q k^T is issued
+                # before this tile's softmax, so the tensor cores work on it
+                # while the threads do the exponentials.
+                if full_new > 0:
+                    k = _load_new(k_new_ptr, k_desc, q_start, 0, q_len, new_off, head_dim, stride_nt,
+                                  BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
+                    s = _scores(q, k, qrel, q_len, qrel, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
+                    for j0 in range(BLOCK_N, full_new, BLOCK_N):
+                        k = _load_new(k_new_ptr, k_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
+                                      BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
+                        s_next = _scores(q, k, qrel, q_len, qrel, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
+                        v = _load_new(v_new_ptr, v_desc, q_start, j0 - BLOCK_N, q_len, new_off, head_dim,
+                                      stride_nt, BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
+                        if UPCAST:
+                            v = v.to(tl.float32)
+                        acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+                        s = s_next
+                    v = _load_new(v_new_ptr, v_desc, q_start, full_new - BLOCK_N, q_len, new_off, head_dim,
+                                  stride_nt, BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
+                    if UPCAST:
+                        v = v.to(tl.float32)
+                    acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+            else:
+                for j0 in range(0, full_new, BLOCK_N):
+                    j = j0 + tl.arange(0, BLOCK_N)
+                    k = _load_new(k_new_ptr, k_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
+                                  BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
+                    v = _load_new(v_new_ptr, v_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
+                                  BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
+                    s = _scores(q, k, j, q_len, qrel, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
+                    if UPCAST:
+                        v = v.to(tl.float32)
+                    acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+            new_hi = tl.minimum(q_len, rel + TOK_M)
+            for j0 in range(full_new, new_hi, BLOCK_N):
+                j = j0 + tl.arange(0, BLOCK_N)
+                k = _load_new(k_new_ptr, k_desc, q_start, j0, new_hi, new_off, head_dim, stride_nt,
+                              BLOCK_N, BLOCK_D, True, EVEN_D, TMA)  # fmt: skip
+                v = _load_new(v_new_ptr, v_desc, q_start, j0, new_hi, new_off, head_dim, stride_nt,
+                              BLOCK_N, BLOCK_D, True, EVEN_D, TMA)  # fmt: skip
+                s = _scores(q, k, j, new_hi, qrel, BLOCK_M, BLOCK_N, True, UPCAST, IEEE)
+                if UPCAST:
+                    v = v.to(tl.float32)
+                acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
 
         acc = acc / l_i[:, None]
         o_off = tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
@@ -166,6 +271,20 @@ def default_tiles(head_dim: int, elem_bytes: int, on_gpu: bool) -> tuple[int, in
     return 64, 32, 4, 2
 
 
+def _tma_ok(t: torch.Tensor, head_dim: int) -> bool:
+    """Whether `t` ([T, kv_heads, head_dim]) can back a 2-D TMA descriptor
+    [T, kv_heads * head_dim]: heads packed in a row, 16-byte aligned base and rows."""
+    es = t.element_size()
+    return (
+        TensorDescriptor is not None
+        and t.stride(2) == 1
+        and t.stride(1) == head_dim
+        and (t.stride(0) * es) % 16 == 0
+        and t.data_ptr() % 16 == 0
+        and (head_dim * es) % 16 == 0
+    )
+
+
 def paged_prefill_attention(
     q: torch.Tensor,  # [T, num_heads, head_dim]
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
@@ -176,18 +295,29 @@ def paged_prefill_attention(
     scale: float,
     *,
     max_query_len: int,
+    k_new: torch.Tensor | None = None,  # [T, num_kv_heads, head_dim]
+    v_new: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
     pack_gqa: bool | None = None,
+    tma: bool | None = None,
+    pipeline_qk: bool | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim]
     """Triton launcher; same contract as `paged_prefill_attention_ref`.
+
     `max_query_len` bounds every sequence's query length (it sizes the grid,
-    so no host sync is needed); the keywords after `out` are tuning knobs
-    (None: the measured defaults; `pack_gqa` puts the query heads of one KV
-    head into the rows of one tile so each K/V tile is loaded once per group)."""
+    so no host sync is needed). `k_new`/`v_new`, when given, hold this step's
+    K and V rows (rotated K) in the order of `q`; they must equal what the
+    step stored in the cache, and the kernel reads the chunk's own positions
+    from them instead of gathering through the block table. The keywords after
+    `out` are tuning knobs (None: the measured defaults): tile sizes, `pack_gqa`
+    (the query heads of one KV head share the rows of a tile, so each K/V tile
+    is loaded once per group), `tma` (load `k_new`/`v_new` tiles with TMA
+    descriptors) and `pipeline_qk` (issue the next tile's q k^T before this
+    tile's softmax in the new-token loop)."""
     check_paged(q, k_cache, v_cache, block_tables, seq_lens)
     batch = seq_lens.shape[0]
     checks.check_ndim("query_start_loc", query_start_loc, 1, "[batch + 1]")
@@ -196,6 +326,7 @@ def paged_prefill_attention(
     checks.check_same_device(q=q, query_start_loc=query_start_loc)
     num_tokens, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
+    split = _check_new(q, k_cache, k_new, v_new)
     expected = torch.empty_like(q, memory_format=torch.contiguous_format)
     out = expected if out is None else out
     checks.check_out("out", out, expected)
@@ -216,21 +347,62 @@ def paged_prefill_attention(
     if group_tile >= block_m:
         raise checks.KernelInputError(f"block_m {block_m} must exceed the packed group {group_tile}")
     tok_m = block_m // group_tile
+    k_desc = v_desc = None
+    if split:
+        assert k_new is not None and v_new is not None
+        can_tma = block_d == head_dim and _tma_ok(k_new, head_dim) and _tma_ok(v_new, head_dim)
+        if tma and not can_tma:
+            raise checks.KernelInputError(
+                "tma needs k_new/v_new rows of packed heads, 16-byte aligned, and a power-of-two head_dim"
+            )
+        tma = can_tma if tma is None else tma
+        if pipeline_qk is None:
+            pipeline_qk = False
+        if tma:
+            width = num_kv_heads * head_dim
+            k_desc = TensorDescriptor(k_new, [num_tokens, width], [k_new.stride(0), 1], [block_n, head_dim])
+            v_desc = TensorDescriptor(v_new, [num_tokens, width], [v_new.stride(0), 1], [block_n, head_dim])
+    else:
+        tma = False
+    k_src = k_new if k_new is not None else k_cache
+    v_src = v_new if v_new is not None else v_cache
     grid = (math.ceil(max_query_len / tok_m), batch, num_kv_heads if group_tile > 1 else num_heads)
     _paged_prefill_attention_kernel[grid](
         q, k_cache, v_cache, block_tables, query_start_loc.contiguous(), seq_lens.contiguous(), out,
+        k_src, v_src, k_desc, v_desc,
         scale * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        k_src.stride(0), k_src.stride(1),
         group, head_dim,
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         GROUP_TILE=group_tile, EVEN_D=block_d == head_dim,
         # The interpreter's tl.dot is wrong for bfloat16 operands (Triton 3.9): upcast there.
         UPCAST=not on_gpu and q.dtype == torch.bfloat16,
         IEEE=q.dtype == torch.float32,
+        SPLIT=split, TMA=bool(tma), PIPE=bool(pipeline_qk),
         num_warps=num_warps or tiles[2], num_stages=num_stages or tiles[3],
     )  # fmt: skip
     return out
+
+
+def _check_new(
+    q: torch.Tensor, k_cache: torch.Tensor, k_new: torch.Tensor | None, v_new: torch.Tensor | None
+) -> bool:
+    """Validate the optional contiguous new K/V; True when both are given."""
+    if k_new is None and v_new is None:
+        return False
+    if k_new is None or v_new is None:
+        raise checks.KernelInputError("k_new and v_new must be given together")
+    for name, t in (("k_new", k_new), ("v_new", v_new)):
+        checks.check_ndim(name, t, 3, "[num_tokens, num_kv_heads, head_dim]")
+        checks.check_dim(name, t, 0, q.shape[0], "tokens of q")
+        checks.check_dim(name, t, 1, k_cache.shape[2], "num_kv_heads of the cache")
+        checks.check_dim(name, t, 2, q.shape[2], "head_dim of q")
+        checks.check_last_contiguous(name, t)
+    checks.check_same_dtype(q=q, k_new=k_new, v_new=v_new)
+    checks.check_same_device(q=q, k_new=k_new, v_new=v_new)
+    return True
 
 
 def paged_prefill_attention_ref(

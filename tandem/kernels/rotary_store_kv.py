@@ -26,13 +26,14 @@ if checks.HAS_TRITON:
 
     @triton.jit
     def _rotary_store_kv_kernel(
-        q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
+        q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, k_out_ptr,
         pos_ptr, cos_ptr, sin_ptr, slot_ptr,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+        stride_kot, stride_koh,
         stride_cos, stride_cb, stride_cs, stride_ch,
         num_heads, num_kv_heads, half_dim,
         BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KVH: tl.constexpr,
-        BLOCK_HALF: tl.constexpr,
+        BLOCK_HALF: tl.constexpr, K_OUT: tl.constexpr,
     ):  # fmt: skip
         t = tl.program_id(0)
         pos = tl.load(pos_ptr + t).to(tl.int64)
@@ -53,22 +54,28 @@ if checks.HAS_TRITON:
         tl.store(q_dst, q1.to(q_out_ptr.dtype.element_ty), mask=qmask)
         tl.store(q_dst + half_dim, q2.to(q_out_ptr.dtype.element_ty), mask=qmask)
 
+        kh = tl.arange(0, BLOCK_KVH)[:, None]
+        kmask = (kh < num_kv_heads) & dmask
+        k_src = k_ptr + t * stride_kt + kh * stride_kh + d
+        k1, k2 = _rotate(
+            tl.load(k_src, mask=kmask).to(tl.float32),
+            tl.load(k_src + half_dim, mask=kmask).to(tl.float32),
+            c, s,
+        )  # fmt: skip
+        # Round to k's dtype first, exactly as rotating then storing would.
+        k1 = k1.to(k_ptr.dtype.element_ty)
+        k2 = k2.to(k_ptr.dtype.element_ty)
+        if K_OUT:  # may be k itself: every element is read above before it is written
+            k_dst = k_out_ptr + t * stride_kot + kh * stride_koh + d
+            tl.store(k_dst, k1, mask=kmask)
+            tl.store(k_dst + half_dim, k2, mask=kmask)
         slot = tl.load(slot_ptr + t).to(tl.int64)
         if slot >= 0:
-            kh = tl.arange(0, BLOCK_KVH)[:, None]
-            kmask = (kh < num_kv_heads) & dmask
             cache = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
             cache += kh * stride_ch + d
-            k_src = k_ptr + t * stride_kt + kh * stride_kh + d
-            k1, k2 = _rotate(
-                tl.load(k_src, mask=kmask).to(tl.float32),
-                tl.load(k_src + half_dim, mask=kmask).to(tl.float32),
-                c, s,
-            )  # fmt: skip
-            # Round to k's dtype first, exactly as rotating then storing would.
             ty = k_cache_ptr.dtype.element_ty
-            tl.store(k_cache_ptr + cache, k1.to(k_ptr.dtype.element_ty).to(ty), mask=kmask)
-            tl.store(k_cache_ptr + cache + half_dim, k2.to(k_ptr.dtype.element_ty).to(ty), mask=kmask)
+            tl.store(k_cache_ptr + cache, k1.to(ty), mask=kmask)
+            tl.store(k_cache_ptr + cache + half_dim, k2.to(ty), mask=kmask)
             v_src = v_ptr + t * stride_vt + kh * stride_vh + d
             tl.store(v_cache_ptr + cache, tl.load(v_src, mask=kmask).to(ty), mask=kmask)
             v2 = tl.load(v_src + half_dim, mask=kmask)
@@ -87,6 +94,7 @@ def rotary_store_kv(
     slot_mapping: torch.Tensor,  # [T] int64, -1 = skip
     *,
     out: torch.Tensor | None = None,
+    k_out: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim], the rotated q
     """Triton launcher; same contract as `rotary_store_kv_ref`."""
     check_cache_pair(k_cache, v_cache)
@@ -111,17 +119,21 @@ def rotary_store_kv(
     checks.check_out("out", out, expected)
     if num_tokens == 0:
         return out
+    if k_out is not None:
+        check_k_out(k_out, k)
     num_kv_heads = k.shape[1]
+    k_dst = k if k_out is None else k_out
     _rotary_store_kv_kernel[(num_tokens,)](
-        q, k, v, out, k_cache, v_cache, positions.contiguous(), cos, sin, slot_mapping.contiguous(),
+        q, k, v, out, k_cache, v_cache, k_dst, positions.contiguous(), cos, sin, slot_mapping.contiguous(),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1),
+        out.stride(0), out.stride(1), k_dst.stride(0), k_dst.stride(1),
         cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         num_heads, num_kv_heads, head_dim // 2,
         BLOCK_SIZE=k_cache.shape[1],
         BLOCK_H=checks.next_power_of_two(num_heads),
         BLOCK_KVH=checks.next_power_of_two(num_kv_heads),
         BLOCK_HALF=checks.next_power_of_two(head_dim // 2),
+        K_OUT=k_out is not None,
         num_warps=4 if num_heads * head_dim >= 1024 else 1,
     )  # fmt: skip
     return out
@@ -137,7 +149,25 @@ def rotary_store_kv_ref(
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # [T] int64, -1 = skip
+    *,
+    k_out: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim], the rotated q
-    """Plain-PyTorch reference: rotate q and k, store rotated k and v, return rotated q."""
-    store_kv_ref(rotary_ref(k, positions, cos, sin), v, k_cache, v_cache, slot_mapping)
+    """Plain-PyTorch reference: rotate q and k, store rotated k and v, return
+    rotated q. With `k_out` (which may be k itself) the rotated k of every token
+    is also written there, for attention that reads this step's rows directly."""
+    k_rot = rotary_ref(k, positions, cos, sin)
+    store_kv_ref(k_rot, v, k_cache, v_cache, slot_mapping)
+    if k_out is not None:
+        check_k_out(k_out, k)
+        k_out.copy_(k_rot)
     return rotary_ref(q, positions, cos, sin)
+
+
+def check_k_out(k_out: torch.Tensor, k: torch.Tensor) -> None:
+    """`k_out` takes the rotated k: same shape, dtype and device as k, rows contiguous."""
+    if k_out.shape != k.shape or k_out.dtype != k.dtype or k_out.device != k.device:
+        raise checks.KernelInputError(
+            f"k_out: expected {tuple(k.shape)} {k.dtype} on {k.device}, "
+            f"got {tuple(k_out.shape)} {k_out.dtype} on {k_out.device}"
+        )
+    checks.check_last_contiguous("k_out", k_out)

@@ -25,12 +25,18 @@ _FLOAT_PTRS = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32"}
 _NOT_DIVISIBLE = {"group", "num_splits", "qk_scale"}
 
 
-def shared_bytes(fn: Any, constexprs: dict[str, Any], elem: str, num_warps: int, num_stages: int) -> int:
+def shared_bytes(
+    fn: Any, constexprs: dict[str, Any], elem: str, num_warps: int, num_stages: int,
+    descriptors: dict[str, str] | None = None,
+) -> int:  # fmt: skip
     names = fn.arg_names
     signature: dict[str, str] = {}
+    descriptors = descriptors or {}
     for name in names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in descriptors:
+            signature[name] = descriptors[name]
         elif name in _INDEX_PTRS or name in _FLOAT_PTRS:
             signature[name] = {**_INDEX_PTRS, **_FLOAT_PTRS}[name]
         elif name.endswith("_ptr"):
@@ -40,7 +46,7 @@ def shared_bytes(fn: Any, constexprs: dict[str, Any], elem: str, num_warps: int,
     attrs = {
         (names.index(n),): [["tt.divisibility", 16]]
         for n in names
-        if n not in constexprs and n not in _NOT_DIVISIBLE
+        if n not in constexprs and n not in _NOT_DIVISIBLE and n not in descriptors
     }
     source = ASTSource(
         fn, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs
@@ -51,15 +57,25 @@ def shared_bytes(fn: Any, constexprs: dict[str, Any], elem: str, num_warps: int,
     return int(kernel.metadata.shared)
 
 
-def prefill_case(elem: str, elem_bytes: int, head_dim: int, group: int) -> dict[str, Any]:
+def prefill_case(elem: str, elem_bytes: int, head_dim: int, group: int, tma: bool) -> dict[str, Any]:
+    """The launcher's default tiles; `tma`: the split path with descriptors
+    for this step's K/V rows (the engine's prefill on the GPU)."""
     block_m, block_n, warps, stages = prefill.default_tiles(head_dim, elem_bytes, on_gpu=True)
     group_tile = group if 1 < group <= block_m // 16 else 1  # powers of two here
-    consts = {
+    consts: dict[str, Any] = {
         "BLOCK_SIZE": 16, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": head_dim,
         "GROUP_TILE": group_tile, "EVEN_D": True, "UPCAST": False, "IEEE": elem == "fp32",
+        "SPLIT": tma, "TMA": tma, "PIPE": False,
     }  # fmt: skip
-    smem = shared_bytes(prefill._paged_prefill_attention_kernel, consts, elem, warps, stages)
-    return {"kernel": "prefill", "dtype": elem, "head_dim": head_dim, "shared": smem}
+    descriptors = {}
+    if tma:
+        descriptors = {n: f"tensordesc<{elem}[{block_n}, {head_dim}]>" for n in ("k_desc", "v_desc")}
+    else:
+        consts.update(k_desc=None, v_desc=None)
+    smem = shared_bytes(
+        prefill._paged_prefill_attention_kernel, consts, elem, warps, stages, descriptors
+    )
+    return {"kernel": "prefill", "dtype": elem, "head_dim": head_dim, "tma": tma, "shared": smem}
 
 
 def decode_case(elem: str, head_dim: int) -> dict[str, Any]:
@@ -73,8 +89,9 @@ def decode_case(elem: str, head_dim: int) -> dict[str, Any]:
 
 def main() -> None:
     cases = [
-        lambda: prefill_case("bf16", 2, 128, 4),
-        lambda: prefill_case("fp32", 4, 128, 1),
+        lambda: prefill_case("bf16", 2, 128, 4, tma=False),
+        lambda: prefill_case("bf16", 2, 128, 4, tma=True),
+        lambda: prefill_case("fp32", 4, 128, 1, tma=False),
         lambda: decode_case("bf16", 128),
     ]
     for case in cases:

@@ -17,6 +17,7 @@ from tests.kernels.inputs import (
     ATTENTION_TOL,
     DEVICE,
     DTYPES,
+    PagedKV,
     make_paged,
     poisoned,
     randn,
@@ -32,9 +33,26 @@ SMALL = [
 ]
 
 
+def _new_rows(
+    kv: PagedKV, query_lens: list[int], seq_lens: list[int], heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This step's K/V rows copied out of the cache, as strided views of one
+    qkv-like buffer (the model's layout), NaN where q would sit."""
+    _, block_size, kv_heads, head_dim = kv.k_cache.shape
+    buf = poisoned(sum(query_lens), heads + 2 * kv_heads, head_dim, dtype=kv.k_cache.dtype)
+    t = 0
+    for b, (length, n) in enumerate(zip(query_lens, seq_lens, strict=True)):
+        for p in range(n - length, n):
+            blk = int(kv.block_tables[b, p // block_size])
+            buf[t, heads : heads + kv_heads] = kv.k_cache[blk, p % block_size]
+            buf[t, heads + kv_heads :] = kv.v_cache[blk, p % block_size]
+            t += 1
+    return buf[:, heads : heads + kv_heads], buf[:, heads + kv_heads :]
+
+
 def _run(
     query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int, head_dim: int,
-    block_size: int, dtype: torch.dtype, **tiles: int | bool,
+    block_size: int, dtype: torch.dtype, split: bool = False, **tiles: int | bool,
 ) -> None:  # fmt: skip
     gen = torch.Generator().manual_seed(sum(seq_lens) + 7 * heads)
     kv = make_paged(
@@ -45,9 +63,12 @@ def _run(
     starts = torch.tensor([0, *itertools.accumulate(query_lens)], dtype=torch.int32, device=DEVICE)
     scale = head_dim**-0.5
     out = poisoned(tokens, heads, head_dim, dtype=dtype)
+    new: dict[str, torch.Tensor] = {}
+    if split:
+        new["k_new"], new["v_new"] = _new_rows(kv, query_lens, seq_lens, heads)
     paged_prefill_attention(
         q, kv.k_cache, kv.v_cache, kv.block_tables, starts, kv.seq_lens, scale,
-        max_query_len=max(query_lens), out=out, **tiles,
+        max_query_len=max(query_lens), out=out, **new, **tiles,
     )  # fmt: skip
     f32 = upcast(kv)
     ref = paged_prefill_attention_ref(
@@ -72,6 +93,40 @@ def test_prefill_packed_gqa_matches_reference(dtype: torch.dtype) -> None:
     _run([1, 37, 16], [1, 50, 16], 6, 2, 16, 8, dtype, block_m=16, block_n=16, pack_gqa=True)
 
 
+# Split: the chunk's own rows from contiguous k_new/v_new (TMA descriptors or
+# pointers), earlier context from the cache. Cases: prefix not a tile multiple,
+# a 1-token prompt next to longer ones, a long single prompt, and MHA with a
+# head_dim that is not a power of two (pointer path only).
+SPLIT = [
+    ([1, 37, 16], [1, 50, 16], 6, 2, 16, 8),
+    ([40], [40], 8, 2, 16, 16),
+    ([20, 3], [20, 40], 5, 5, 24, 16),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"), SPLIT)
+@pytest.mark.parametrize(("tma", "pipeline_qk"), [(False, False), (None, False), (None, True)])
+def test_prefill_split_matches_reference(
+    dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
+    head_dim: int, block_size: int, tma: bool | None, pipeline_qk: bool,
+) -> None:  # fmt: skip
+    _run(
+        query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, split=True,
+        block_m=16, block_n=16, pack_gqa=kv_heads < heads, tma=tma, pipeline_qk=pipeline_qk,
+    )  # fmt: skip
+
+
+def test_prefill_split_rejects_k_new_without_v_new() -> None:
+    k = torch.randn(4, 8, 2, 16, device=DEVICE)
+    with pytest.raises(KernelInputError, match="k_new and v_new"):
+        paged_prefill_attention(
+            torch.randn(5, 4, 16, device=DEVICE), k, k.clone(), torch.zeros(1, 2, dtype=torch.int32, device=DEVICE),
+            torch.tensor([0, 5], dtype=torch.int32, device=DEVICE), torch.full((1,), 5, dtype=torch.int32, device=DEVICE),
+            1.0, max_query_len=5, k_new=torch.randn(5, 2, 16, device=DEVICE),
+        )  # fmt: skip
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -84,12 +139,12 @@ def test_prefill_packed_gqa_matches_reference(dtype: torch.dtype) -> None:
         ([333], [333], 12, 4, 16, 8),  # the tiny model's head_dim
     ],
 )
-@pytest.mark.parametrize("pack_gqa", [False, True])
+@pytest.mark.parametrize(("pack_gqa", "split"), [(False, False), (True, False), (True, True), (False, True)])
 def test_prefill_matches_reference_gpu(
     dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
-    head_dim: int, block_size: int, pack_gqa: bool,
+    head_dim: int, block_size: int, pack_gqa: bool, split: bool,
 ) -> None:  # fmt: skip
-    _run(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, pack_gqa=pack_gqa)
+    _run(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, split, pack_gqa=pack_gqa)
 
 
 def test_prefill_rejects_short_query_start_loc() -> None:

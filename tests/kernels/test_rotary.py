@@ -64,3 +64,36 @@ def test_rotary_rejects_wrong_table_width() -> None:
     cos, sin = rope_tables(10, 16)
     with pytest.raises(KernelInputError, match="head_dim // 2"):
         rotary(torch.randn(2, 2, 32, device=DEVICE), torch.zeros(2, dtype=torch.long, device=DEVICE), cos, sin)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_store_kv_writes_rotated_k_in_place(dtype: torch.dtype) -> None:
+    """k_out=k: every token's k (skipped slots too) becomes its rotation,
+    read before it is overwritten; the cache gets the same rotated rows."""
+    gen = torch.Generator().manual_seed(11)
+    tokens, heads, kv_heads, head_dim, block_size = 7, 6, 2, 16, 8
+    cos, sin = rope_tables(100, head_dim)
+    positions = torch.randint(0, 100, (tokens,), generator=gen).to(DEVICE)
+    qkv = randn(gen, tokens, heads + 2 * kv_heads, head_dim, dtype=dtype)
+    k_before = qkv[:, heads : heads + kv_heads].clone()
+    q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
+    slots = torch.tensor([3, -1, 0, 9, 12, -1, 5]).to(DEVICE)
+    cache_k, cache_v = (poisoned(2, block_size, kv_heads, head_dim, dtype=dtype) for _ in range(2))
+    rotary_store_kv(q, k, v, positions, cos, sin, cache_k, cache_v, slots, k_out=k)
+    want = rotary_ref(k_before, positions, cos, sin)
+    assert rel_err(k, want) < ELEMENTWISE_TOL[dtype]
+    assert not torch.equal(k, k_before)
+    stored = cache_k.view(-1, kv_heads, head_dim)[slots[slots >= 0]]
+    assert torch.equal(stored, k[slots >= 0])
+
+
+def test_rotary_store_kv_rejects_mismatched_k_out() -> None:
+    q, k, v = (torch.randn(3, h, 16, device=DEVICE) for h in (4, 2, 2))
+    cos, sin = rope_tables(10, 16)
+    cache = torch.zeros(2, 4, 2, 16, device=DEVICE)
+    index = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(KernelInputError, match="k_out"):
+        rotary_store_kv(
+            q, k, v, index, cos, sin, cache, cache.clone(), index,
+            k_out=torch.zeros(3, 2, 8, device=DEVICE),
+        )  # fmt: skip
