@@ -126,7 +126,7 @@ if checks.HAS_TRITON:
         BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, GROUP_TILE: tl.constexpr, EVEN_D: tl.constexpr,
         UPCAST: tl.constexpr, IEEE: tl.constexpr,
-        SPLIT: tl.constexpr, TMA: tl.constexpr, PIPE: tl.constexpr,
+        SPLIT: tl.constexpr, TMA: tl.constexpr,
     ):  # fmt: skip
         # Row r of the tile is query token r // GROUP_TILE of the tile and, when
         # GQA is packed (GROUP_TILE > 1), query head r % GROUP_TILE of the group.
@@ -199,41 +199,16 @@ if checks.HAS_TRITON:
             qrel = rel + r // GROUP_TILE
             new_off = kvh * stride_nh
             full_new = (rel + 1) // BLOCK_N * BLOCK_N
-            if PIPE:
-                # Software-pipelined by hand (FlashAttention-3's intra-warpgroup
-                # overlap, Shah et al. 2024): the next tile's q k^T is issued
-                # before this tile's softmax, so the tensor cores work on it
-                # while the threads do the exponentials.
-                if full_new > 0:
-                    k = _load_new(k_new_ptr, k_desc, q_start, 0, q_len, new_off, head_dim, stride_nt,
-                                  BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
-                    s = _scores(q, k, qrel, q_len, qrel, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
-                    for j0 in range(BLOCK_N, full_new, BLOCK_N):
-                        k = _load_new(k_new_ptr, k_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
-                                      BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
-                        s_next = _scores(q, k, qrel, q_len, qrel, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
-                        v = _load_new(v_new_ptr, v_desc, q_start, j0 - BLOCK_N, q_len, new_off, head_dim,
-                                      stride_nt, BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
-                        if UPCAST:
-                            v = v.to(tl.float32)
-                        acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
-                        s = s_next
-                    v = _load_new(v_new_ptr, v_desc, q_start, full_new - BLOCK_N, q_len, new_off, head_dim,
-                                  stride_nt, BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
-                    if UPCAST:
-                        v = v.to(tl.float32)
-                    acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
-            else:
-                for j0 in range(0, full_new, BLOCK_N):
-                    j = j0 + tl.arange(0, BLOCK_N)
-                    k = _load_new(k_new_ptr, k_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
-                                  BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
-                    v = _load_new(v_new_ptr, v_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
-                                  BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
-                    s = _scores(q, k, j, q_len, qrel, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
-                    if UPCAST:
-                        v = v.to(tl.float32)
-                    acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+            for j0 in range(0, full_new, BLOCK_N):
+                j = j0 + tl.arange(0, BLOCK_N)
+                k = _load_new(k_new_ptr, k_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
+                              BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
+                v = _load_new(v_new_ptr, v_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
+                              BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
+                s = _scores(q, k, j, q_len, qrel, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
+                if UPCAST:
+                    v = v.to(tl.float32)
+                acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
             new_hi = tl.minimum(q_len, rel + TOK_M)
             for j0 in range(full_new, new_hi, BLOCK_N):
                 j = j0 + tl.arange(0, BLOCK_N)
@@ -304,7 +279,6 @@ def paged_prefill_attention(
     num_stages: int | None = None,
     pack_gqa: bool | None = None,
     tma: bool | None = None,
-    pipeline_qk: bool | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim]
     """Triton launcher; same contract as `paged_prefill_attention_ref`.
 
@@ -316,8 +290,7 @@ def paged_prefill_attention(
     `out` are tuning knobs (None: the measured defaults): tile sizes, `pack_gqa`
     (the query heads of one KV head share the rows of a tile, so each K/V tile
     is loaded once per group), `tma` (load `k_new`/`v_new` tiles with TMA
-    descriptors) and `pipeline_qk` (issue the next tile's q k^T before this
-    tile's softmax in the new-token loop)."""
+    descriptors)."""
     check_paged(q, k_cache, v_cache, block_tables, seq_lens)
     batch = seq_lens.shape[0]
     checks.check_ndim("query_start_loc", query_start_loc, 1, "[batch + 1]")
@@ -356,8 +329,6 @@ def paged_prefill_attention(
                 "tma needs k_new/v_new rows of packed heads, 16-byte aligned, and a power-of-two head_dim"
             )
         tma = can_tma if tma is None else tma
-        if pipeline_qk is None:
-            pipeline_qk = False
         if tma:
             width = num_kv_heads * head_dim
             k_desc = TensorDescriptor(k_new, [num_tokens, width], [k_new.stride(0), 1], [block_n, head_dim])
@@ -380,7 +351,7 @@ def paged_prefill_attention(
         # The interpreter's tl.dot is wrong for bfloat16 operands (Triton 3.9): upcast there.
         UPCAST=not on_gpu and q.dtype == torch.bfloat16,
         IEEE=q.dtype == torch.float32,
-        SPLIT=split, TMA=bool(tma), PIPE=bool(pipeline_qk),
+        SPLIT=split, TMA=bool(tma),
         num_warps=num_warps or tiles[2], num_stages=num_stages or tiles[3],
     )  # fmt: skip
     return out

@@ -65,7 +65,7 @@ def prefill_case(elem: str, elem_bytes: int, head_dim: int, group: int, tma: boo
     consts: dict[str, Any] = {
         "BLOCK_SIZE": 16, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": head_dim,
         "GROUP_TILE": group_tile, "EVEN_D": True, "UPCAST": False, "IEEE": elem == "fp32",
-        "SPLIT": tma, "TMA": tma, "PIPE": False,
+        "SPLIT": tma, "TMA": tma,
     }  # fmt: skip
     descriptors = {}
     if tma:

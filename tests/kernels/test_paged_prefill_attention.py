@@ -106,14 +106,14 @@ SPLIT = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"), SPLIT)
-@pytest.mark.parametrize(("tma", "pipeline_qk"), [(False, False), (None, False), (None, True)])
+@pytest.mark.parametrize("tma", [False, None])
 def test_prefill_split_matches_reference(
     dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
-    head_dim: int, block_size: int, tma: bool | None, pipeline_qk: bool,
+    head_dim: int, block_size: int, tma: bool | None,
 ) -> None:  # fmt: skip
     _run(
         query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, split=True,
-        block_m=16, block_n=16, pack_gqa=kv_heads < heads, tma=tma, pipeline_qk=pipeline_qk,
+        block_m=16, block_n=16, pack_gqa=kv_heads < heads, tma=tma,
     )  # fmt: skip
 
 
