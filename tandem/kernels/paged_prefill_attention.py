@@ -116,6 +116,16 @@ if checks.HAS_TRITON:
         return s
 
     @triton.jit
+    def _attend(q, k, v, acc, m_i, l_i, n, hi, qpos, qk_scale,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                UPCAST: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+        """Scores of one loaded K tile, then the softmax update with its V tile."""
+        s = _scores(q, k, n, hi, qpos, BLOCK_M, BLOCK_N, MASKED, UPCAST, IEEE)
+        if UPCAST:
+            v = v.to(tl.float32)
+        return _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+
+    @triton.jit
     def _paged_prefill_attention_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr,
         k_new_ptr, v_new_ptr, k_desc, v_desc,
@@ -178,20 +188,16 @@ if checks.HAS_TRITON:
                             BLOCK_SIZE, False, EVEN_D)  # fmt: skip
             v = _load_paged(v_cache_ptr, table, kv_off, d, n, seq_len, head_dim, stride_cb, stride_cs,
                             BLOCK_SIZE, False, EVEN_D)  # fmt: skip
-            s = _scores(q, k, n, seq_len, qpos, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
-            if UPCAST:
-                v = v.to(tl.float32)
-            acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+            acc, m_i, l_i = _attend(q, k, v, acc, m_i, l_i, n, seq_len, qpos, qk_scale,
+                                    BLOCK_M, BLOCK_N, False, UPCAST, IEEE)  # fmt: skip
         for n0 in range(full_end, paged_hi, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             k = _load_paged(k_cache_ptr, table, kv_off, d, n, paged_hi, head_dim, stride_cb, stride_cs,
                             BLOCK_SIZE, True, EVEN_D)  # fmt: skip
             v = _load_paged(v_cache_ptr, table, kv_off, d, n, paged_hi, head_dim, stride_cb, stride_cs,
                             BLOCK_SIZE, True, EVEN_D)  # fmt: skip
-            s = _scores(q, k, n, paged_hi, qpos, BLOCK_M, BLOCK_N, True, UPCAST, IEEE)
-            if UPCAST:
-                v = v.to(tl.float32)
-            acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+            acc, m_i, l_i = _attend(q, k, v, acc, m_i, l_i, n, paged_hi, qpos, qk_scale,
+                                    BLOCK_M, BLOCK_N, True, UPCAST, IEEE)  # fmt: skip
 
         if SPLIT:
             # This chunk's own keys, relative position j = position - ctx_len.
@@ -205,10 +211,8 @@ if checks.HAS_TRITON:
                               BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
                 v = _load_new(v_new_ptr, v_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
                               BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
-                s = _scores(q, k, j, q_len, qrel, BLOCK_M, BLOCK_N, False, UPCAST, IEEE)
-                if UPCAST:
-                    v = v.to(tl.float32)
-                acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+                acc, m_i, l_i = _attend(q, k, v, acc, m_i, l_i, j, q_len, qrel, qk_scale,
+                                        BLOCK_M, BLOCK_N, False, UPCAST, IEEE)  # fmt: skip
             new_hi = tl.minimum(q_len, rel + TOK_M)
             for j0 in range(full_new, new_hi, BLOCK_N):
                 j = j0 + tl.arange(0, BLOCK_N)
@@ -216,10 +220,8 @@ if checks.HAS_TRITON:
                               BLOCK_N, BLOCK_D, True, EVEN_D, TMA)  # fmt: skip
                 v = _load_new(v_new_ptr, v_desc, q_start, j0, new_hi, new_off, head_dim, stride_nt,
                               BLOCK_N, BLOCK_D, True, EVEN_D, TMA)  # fmt: skip
-                s = _scores(q, k, j, new_hi, qrel, BLOCK_M, BLOCK_N, True, UPCAST, IEEE)
-                if UPCAST:
-                    v = v.to(tl.float32)
-                acc, m_i, l_i = _softmax_step(s, v, acc, m_i, l_i, qk_scale, IEEE)
+                acc, m_i, l_i = _attend(q, k, v, acc, m_i, l_i, j, new_hi, qrel, qk_scale,
+                                        BLOCK_M, BLOCK_N, True, UPCAST, IEEE)  # fmt: skip
 
         acc = acc / l_i[:, None]
         o_off = tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
