@@ -17,7 +17,18 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kernels import DEV, ceilings, prefill_bench, rel_err, versions
+from kernels import (
+    BLOCK,
+    DEV,
+    DT,
+    HEAD_DIM,
+    HEADS,
+    ceilings,
+    paged_cache,
+    prefill_bench,
+    rel_err,
+    versions,
+)
 
 from tandem.kernels.paged_prefill_attention import (
     paged_prefill_attention,
@@ -36,21 +47,11 @@ TILES = [
 
 def varlen_error(cfg: dict[str, Any]) -> float:
     """Worst error over a prompt + decode row + late chunk batch (32/8 heads, d128)."""
-    gen = torch.Generator(device="cpu").manual_seed(3)
-    qlens, slens, bs = [1000, 1, 257], [1000, 600, 2000], 16
-    blocks = [-(-n // bs) for n in slens]
-    nb = sum(blocks) + 3
-    kc = torch.randn(nb, bs, 8, 128, generator=gen).to(DEV, torch.bfloat16)
-    vc = torch.randn(nb, bs, 8, 128, generator=gen).to(DEV, torch.bfloat16)
-    ids = torch.randperm(nb, generator=gen)
-    table = torch.zeros(3, max(blocks), dtype=torch.int32)
-    used = 0
-    for b, c in enumerate(blocks):
-        table[b, :c] = ids[used : used + c]
-        used += c
-    table = table.to(DEV)
+    qlens, slens, bs = [1000, 1, 257], [1000, 600, 2000], BLOCK
+    kc, vc, tables = paged_cache(slens)
+    table = tables[0]
     t = sum(qlens)
-    q = torch.randn(t, 32, 128, generator=gen).to(DEV, torch.bfloat16)
+    q = torch.randn(t, HEADS, HEAD_DIM, device=DEV, dtype=DT)
     starts = torch.tensor([0, *itertools.accumulate(qlens)], dtype=torch.int32, device=DEV)
     seq = torch.tensor(slens, dtype=torch.int32, device=DEV)
     rows = [(b, p) for b, (ql, n) in enumerate(zip(qlens, slens, strict=True)) for p in range(n - ql, n)]
@@ -61,9 +62,9 @@ def varlen_error(cfg: dict[str, Any]) -> float:
     kw = dict(cfg)
     kw.pop("split")
     out = paged_prefill_attention(
-        q, kc, vc, table, starts, seq, 128**-0.5, max_query_len=max(qlens), k_new=k_new, v_new=v_new, **kw
+        q, kc, vc, table, starts, seq, HEAD_DIM**-0.5, max_query_len=max(qlens), k_new=k_new, v_new=v_new, **kw
     )
-    ref = paged_prefill_attention_ref(q.float(), kc.float(), vc.float(), table, starts, seq, 128**-0.5)
+    ref = paged_prefill_attention_ref(q.float(), kc.float(), vc.float(), table, starts, seq, HEAD_DIM**-0.5)
     return rel_err(out, ref)
 
 
