@@ -264,6 +264,8 @@ def prefill_bench(tokens: int, configs: list[dict[str, Any]], mm_rate: float) ->
     result["rel_err"] = max((s["rel_err"] for s in sweep if "rel_err" in s), default=math.nan)
     paged = [s for s in sweep if "ms" in s and s["config"] == {"split": False}]
     result["paged_ms"] = paged[0]["ms"] if paged else None
+    tri = [s for s in sweep if "ms" in s and s["config"] == {"split": True, "hopper": False}]
+    result["triton_split_ms"] = tri[0]["ms"] if tri else None
     result["best"] = min(ok, key=lambda s: s["ms"]) if ok else None
     # SDPA on contiguous [1, heads, T, D] with the same values.
     q4 = q.transpose(0, 1).unsqueeze(0).contiguous()
@@ -362,18 +364,19 @@ def configs(quick: bool) -> dict[str, list[dict[str, Any]]]:
         {"num_splits": sp, "block_n": bn, "num_warps": 4, "num_stages": st}
         for sp, bn, st in itertools.product((24, 33, 48), (32, 64), (2, 3))
     ]
-    # Prefill: the engine's call first (split, launcher defaults), then the
-    # all-paged path, then tiles (bench/NOTES-kernels.md lists variants tried and dropped).
-    pre: list[dict[str, Any]] = [{"split": True}, {"split": False}] + [
+    # Prefill: the engine's call first (split, launcher defaults: the Gluon kernel
+    # on sm_90), the Triton kernel on the same split path, the all-paged path, then
+    # tiles of each (bench/NOTES-kernels.md lists variants tried and dropped).
+    pre: list[dict[str, Any]] = [{"split": True}, {"split": True, "hopper": False}, {"split": False}] + [
         {"split": True, "block_m": m, "block_n": n, "num_warps": w, "num_stages": st, **extra}
         for m, n, w, st, extra in [
-            (128, 64, 8, 3, {}), (128, 64, 8, 4, {}), (128, 128, 8, 3, {"pack_gqa": False}),
+            (64, 64, 4, 3, {}), (128, 128, 8, 2, {}), (64, 64, 4, 2, {"pack_gqa": False}),
+            (128, 64, 8, 4, {"hopper": False}), (128, 128, 8, 3, {"hopper": False, "pack_gqa": False}),
             (128, 128, 8, 3, {"tma": False}),
-            (64, 128, 4, 3, {}), (64, 64, 4, 4, {}),
         ]
     ]  # fmt: skip
     if quick:
-        return {"decode": dec[:2], "decode1": dec1[:2], "prefill": pre[:2]}
+        return {"decode": dec[:2], "decode1": dec1[:2], "prefill": pre[:3]}
     return {"decode": dec, "decode1": dec1, "prefill": pre}
 
 
@@ -410,7 +413,12 @@ def table(res: dict[str, Any]) -> str:
     if p.get("best"):
         best, sd = p["best"], p["sdpa"]["best"]
         sd_txt = f"{sd[0]} {sd[1]:.3f}" if sd else "n/a"
-        for tag, ms in (("best", best["ms"]), ("engine call", p["default_ms"]), ("all paged", p["paged_ms"])):
+        for tag, ms in (
+            ("best", best["ms"]),
+            ("engine call", p["default_ms"]),
+            ("split, Triton kernel", p.get("triton_split_ms")),
+            ("all paged", p["paged_ms"]),
+        ):
             if ms is None:
                 continue
             ratio = f"{sd[1] / ms:.2f}" if sd else "n/a"

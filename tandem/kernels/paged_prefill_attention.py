@@ -33,6 +33,7 @@ import math
 import torch
 
 from tandem.kernels import checks
+from tandem.kernels import prefill_attention_hopper as hopper_kernel
 from tandem.kernels.paged_decode_attention import check_paged
 
 if checks.HAS_TRITON:
@@ -141,7 +142,9 @@ if checks.HAS_TRITON:
         # Row r of the tile is query token r // GROUP_TILE of the tile and, when
         # GQA is packed (GROUP_TILE > 1), query head r % GROUP_TILE of the group.
         TOK_M: tl.constexpr = BLOCK_M // GROUP_TILE
-        m_tile = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest tiles first
+        # The query tile is the slowest grid axis, counted down: the heaviest
+        # tiles (most keys) of every head launch first and light ones fill the tail.
+        m_tile = tl.num_programs(2) - 1 - tl.program_id(2)
         b = tl.program_id(1)
         q_start = tl.load(query_start_ptr + b)
         q_len = tl.load(query_start_ptr + b + 1) - q_start
@@ -153,11 +156,11 @@ if checks.HAS_TRITON:
 
         r = tl.arange(0, BLOCK_M)
         if GROUP_TILE == 1:
-            kvh = tl.program_id(2) // group
-            head = tl.program_id(2) + r * 0
+            kvh = tl.program_id(0) // group
+            head = tl.program_id(0) + r * 0
             row_ok = m_tile * TOK_M + r < q_len
         else:
-            kvh = tl.program_id(2)
+            kvh = tl.program_id(0)
             head = kvh * group + r % GROUP_TILE
             row_ok = (m_tile * TOK_M + r // GROUP_TILE < q_len) & (r % GROUP_TILE < group)
         d = tl.arange(0, BLOCK_D)
@@ -281,6 +284,7 @@ def paged_prefill_attention(
     num_stages: int | None = None,
     pack_gqa: bool | None = None,
     tma: bool | None = None,
+    hopper: bool | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim]
     """Triton launcher; same contract as `paged_prefill_attention_ref`.
 
@@ -292,7 +296,9 @@ def paged_prefill_attention(
     `out` are tuning knobs (None: the measured defaults): tile sizes, `pack_gqa`
     (the query heads of one KV head share the rows of a tile, so each K/V tile
     is loaded once per group), `tma` (load `k_new`/`v_new` tiles with TMA
-    descriptors)."""
+    descriptors), `hopper` (run the split path with the Gluon kernel of
+    `prefill_attention_hopper`; None: whenever it supports the inputs, which
+    needs an sm_90 GPU; the tile knobs then apply to it)."""
     check_paged(q, k_cache, v_cache, block_tables, seq_lens)
     batch = seq_lens.shape[0]
     checks.check_ndim("query_start_loc", query_start_loc, 1, "[batch + 1]")
@@ -307,6 +313,24 @@ def paged_prefill_attention(
     checks.check_out("out", out, expected)
     if num_tokens == 0 or batch == 0 or max_query_len <= 0:
         return out
+    if split:
+        assert k_new is not None and v_new is not None
+        can_hopper = tma is not False and hopper_kernel.supported(q, k_cache, k_new, v_new)
+        if hopper and not can_hopper:
+            raise checks.KernelInputError(
+                "hopper needs an sm_90 GPU, 16-bit q, head_dim 64 or 128, a power-of-two GQA group "
+                "of at most 8 and TMA-compatible k_new/v_new"
+            )
+        if can_hopper if hopper is None else hopper:
+            ht = hopper_kernel.DEFAULT_TILES
+            return hopper_kernel.prefill_attention_hopper(
+                q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
+                max_query_len=max_query_len, k_new=k_new, v_new=v_new, out=out,
+                block_m=block_m or ht[0], block_n=block_n or ht[1], num_warps=num_warps or ht[2],
+                stages=num_stages or ht[3], pack_gqa=pack_gqa,
+            )  # fmt: skip
+    elif hopper:
+        raise checks.KernelInputError("hopper needs k_new and v_new (the split path)")
     on_gpu = q.is_cuda
     tiles = default_tiles(head_dim, q.element_size(), on_gpu)
     block_m = block_m or tiles[0]
@@ -339,7 +363,7 @@ def paged_prefill_attention(
         tma = False
     k_src = k_new if k_new is not None else k_cache
     v_src = v_new if v_new is not None else v_cache
-    grid = (math.ceil(max_query_len / tok_m), batch, num_kv_heads if group_tile > 1 else num_heads)
+    grid = (num_kv_heads if group_tile > 1 else num_heads, batch, math.ceil(max_query_len / tok_m))
     _paged_prefill_attention_kernel[grid](
         q, k_cache, v_cache, block_tables, query_start_loc.contiguous(), seq_lens.contiguous(), out,
         k_src, v_src, k_desc, v_desc,

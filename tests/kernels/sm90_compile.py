@@ -19,6 +19,7 @@ from triton.compiler import ASTSource, compile
 
 from tandem.kernels import paged_decode_attention as decode
 from tandem.kernels import paged_prefill_attention as prefill
+from tandem.kernels import prefill_attention_hopper as hopper
 
 _INDEX_PTRS = {"block_tables_ptr": "*i32", "query_start_ptr": "*i32", "seq_lens_ptr": "*i32"}
 _FLOAT_PTRS = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32"}
@@ -27,7 +28,7 @@ _NOT_DIVISIBLE = {"group", "num_splits", "qk_scale"}
 
 def shared_bytes(
     fn: Any, constexprs: dict[str, Any], elem: str, num_warps: int, num_stages: int,
-    descriptors: dict[str, str] | None = None,
+    descriptors: dict[str, str] | None = None, source_type: Any = ASTSource,
 ) -> int:  # fmt: skip
     names = fn.arg_names
     signature: dict[str, str] = {}
@@ -48,7 +49,7 @@ def shared_bytes(
         for n in names
         if n not in constexprs and n not in _NOT_DIVISIBLE and n not in descriptors
     }
-    source = ASTSource(
+    source = source_type(
         fn, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs
     )
     kernel = compile(
@@ -78,6 +79,28 @@ def prefill_case(elem: str, elem_bytes: int, head_dim: int, group: int, tma: boo
     return {"kernel": "prefill", "dtype": elem, "head_dim": head_dim, "tma": tma, "shared": smem}
 
 
+def hopper_case(elem: str, head_dim: int, group: int) -> dict[str, Any]:
+    """The Gluon prefill kernel (the split path's default on sm_90), default tiles."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    block_m, block_n, warps, stages = hopper.DEFAULT_TILES
+    layout = gl.NVMMASharedLayout.get_default_for(
+        [block_n, head_dim], gl.bfloat16 if elem == "bf16" else gl.float16
+    )
+    consts: dict[str, Any] = {
+        "BLOCK_SIZE": 16, "BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_D": head_dim,
+        "GROUP_TILE": group, "STAGES": stages, "Q_REGS": False, "num_warps": warps,
+    }  # fmt: skip
+    descriptors = {
+        n: f"tensordesc<{elem}[{block_n}, {head_dim}],{layout!r}>" for n in ("k_desc", "v_desc")
+    }
+    smem = shared_bytes(
+        hopper._prefill_attention_hopper_kernel, consts, elem, warps, 1, descriptors, GluonASTSource
+    )
+    return {"kernel": "prefill_hopper", "dtype": elem, "head_dim": head_dim, "shared": smem}
+
+
 def decode_case(elem: str, head_dim: int) -> dict[str, Any]:
     consts = {
         "BLOCK_SIZE": 16, "BLOCK_G": 16, "BLOCK_D": head_dim, "BLOCK_N": 64 if head_dim <= 128 else 32,
@@ -93,6 +116,8 @@ def main() -> None:
         lambda: prefill_case("bf16", 2, 128, 4, tma=True),
         lambda: prefill_case("fp32", 4, 128, 1, tma=False),
         lambda: decode_case("bf16", 128),
+        lambda: hopper_case("bf16", 128, 4),
+        lambda: hopper_case("fp16", 64, 8),
     ]
     for case in cases:
         print(json.dumps(case()), flush=True)

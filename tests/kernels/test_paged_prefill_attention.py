@@ -52,7 +52,7 @@ def _new_rows(
 
 def _run(
     query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int, head_dim: int,
-    block_size: int, dtype: torch.dtype, split: bool = False, **tiles: int | bool,
+    block_size: int, dtype: torch.dtype, split: bool = False, **tiles: int | bool | None,
 ) -> None:  # fmt: skip
     gen = torch.Generator().manual_seed(sum(seq_lens) + 7 * heads)
     kv = make_paged(
@@ -127,24 +127,56 @@ def test_prefill_split_rejects_k_new_without_v_new() -> None:
         )  # fmt: skip
 
 
+GPU_CASES = [
+    ([1000, 1, 257], [1000, 600, 2000], 32, 8, 128, 16),  # prompt, decode row, late chunk
+    ([128, 4096], [128, 4096], 32, 8, 128, 16),
+    ([77, 500], [300, 500], 16, 2, 64, 32),
+    ([333], [333], 12, 4, 16, 8),  # the tiny model's head_dim
+]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    ("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"),
-    [
-        ([1000, 1, 257], [1000, 600, 2000], 32, 8, 128, 16),  # prompt, decode row, late chunk
-        ([128, 4096], [128, 4096], 32, 8, 128, 16),
-        ([77, 500], [300, 500], 16, 2, 64, 32),
-        ([333], [333], 12, 4, 16, 8),  # the tiny model's head_dim
-    ],
+    ("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"), GPU_CASES
 )
-@pytest.mark.parametrize(("pack_gqa", "split"), [(False, False), (True, False), (True, True), (False, True)])
+@pytest.mark.parametrize(
+    ("pack_gqa", "split", "hopper"),
+    # hopper None: the launcher's choice, the Gluon kernel wherever it applies (sm_90).
+    [(False, False, None), (True, False, None), (True, True, False), (False, True, False),
+     (None, True, None), (False, True, None)],
+)  # fmt: skip
 def test_prefill_matches_reference_gpu(
     dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
-    head_dim: int, block_size: int, pack_gqa: bool, split: bool,
+    head_dim: int, block_size: int, pack_gqa: bool | None, split: bool, hopper: bool | None,
 ) -> None:  # fmt: skip
-    _run(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, split, pack_gqa=pack_gqa)
+    _run(
+        query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, split,
+        pack_gqa=pack_gqa, hopper=hopper,
+    )  # fmt: skip
+
+
+def _is_sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _is_sm90(), reason="needs an sm_90 GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "tiles",
+    [
+        {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 2},
+        {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3},
+        {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3},
+    ],
+)
+def test_prefill_hopper_tiles_match_reference(dtype: torch.dtype, tiles: dict[str, int]) -> None:
+    # The Llama-3-8B shape must take the Gluon kernel on sm_90 (hopper=True raises otherwise).
+    _run(
+        [1000, 1, 257, 64], [1300, 600, 2000, 64], 32, 8, 128, 16, dtype, True, hopper=True, **tiles
+    )
 
 
 def test_prefill_rejects_short_query_start_loc() -> None:
@@ -155,3 +187,17 @@ def test_prefill_rejects_short_query_start_loc() -> None:
             torch.tensor([0, 5], dtype=torch.int32), torch.ones(2, dtype=torch.int32), 1.0,
             max_query_len=5,
         )  # fmt: skip
+
+
+def test_prefill_hopper_rejected_where_it_cannot_run() -> None:
+    gen = torch.Generator().manual_seed(3)
+    kv = make_paged(gen, [20], block_size=8, num_kv_heads=2, head_dim=16, dtype=torch.float32)
+    q = randn(gen, 20, 4, 16, dtype=torch.float32)
+    starts = torch.tensor([0, 20], dtype=torch.int32, device=DEVICE)
+    args = (q, kv.k_cache, kv.v_cache, kv.block_tables, starts, kv.seq_lens, 0.25)
+    with pytest.raises(KernelInputError, match="hopper needs k_new and v_new"):
+        paged_prefill_attention(*args, max_query_len=20, hopper=True)
+    k_new, v_new = _new_rows(kv, [20], [20], 4)
+    # float32 and head_dim 16 (and a CPU device here) are outside the Gluon kernel's range.
+    with pytest.raises(KernelInputError, match="hopper needs an sm_90 GPU"):
+        paged_prefill_attention(*args, max_query_len=20, k_new=k_new, v_new=v_new, hopper=True)

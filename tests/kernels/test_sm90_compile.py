@@ -29,6 +29,6 @@ def test_default_tiles_fit_sm90_shared_memory() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 4
+    assert len(rows) == 6
     for row in rows:
         assert 0 < row["shared"] <= SM90_SHARED_LIMIT, row
