@@ -368,9 +368,10 @@ def configs(quick: bool) -> dict[str, list[dict[str, Any]]]:
     # on sm_90), the Triton kernel on the same split path, the all-paged path, then
     # tiles of each (bench/NOTES-kernels.md lists variants tried and dropped).
     pre: list[dict[str, Any]] = [{"split": True}, {"split": True, "hopper": False}, {"split": False}] + [
-        {"split": True, "block_m": m, "block_n": n, "num_warps": w, "num_stages": st, **extra}
+        {k: v for k, v in (("block_m", m), ("block_n", n), ("num_warps", w), ("num_stages", st)) if v}
+        | {"split": True, **extra}
         for m, n, w, st, extra in [
-            (64, 64, 4, 3, {}), (128, 128, 8, 2, {}), (64, 64, 4, 2, {"pack_gqa": False}),
+            (None, 128, None, 3, {}), (None, 64, None, 3, {}), (None, 128, None, 2, {"pack_gqa": False}),
             (128, 64, 8, 4, {"hopper": False}), (128, 128, 8, 3, {"hopper": False, "pack_gqa": False}),
             (128, 128, 8, 3, {"tma": False}),
         ]

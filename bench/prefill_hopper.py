@@ -1,6 +1,7 @@
-"""The Hopper (Gluon) prefill kernel against the Triton kernel and SDPA in one
-run: errors on varlen batches with cached context (bf16 and fp16, packed and
-unpacked heads), then 4096 causal tokens (32/8 heads, d128, bf16) per tile set.
+"""The Hopper (Gluon, warp-specialized) prefill kernel against the Triton
+kernel and SDPA in one run: errors on varlen batches with cached context (bf16
+and fp16, packed and unpacked heads), then 4096 causal tokens (32/8 heads,
+d128, bf16) per knob set.
 Each tile set runs in a child process with a time limit, so a kernel that
 hangs costs one entry, not the run.
 
@@ -41,16 +42,13 @@ from tandem.kernels.paged_prefill_attention import (
 )
 from tandem.kernels.prefill_attention_hopper import DEFAULT_TILES, prefill_attention_hopper
 
-# block_m, block_n, num_warps, stages, then extra launcher keywords. First: the default.
+# Launcher keywords of the warp-specialized kernel; the first entry is its default.
 TILES: list[dict[str, Any]] = [
     {},
-    {"q_regs": True},
-    {"q_regs": True, "maxnreg": 168},  # three programs per SM, if the spills stay cheap
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "stages": 3, "q_regs": True, "maxnreg": 168},
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "stages": 3},
-    {"block_m": 64, "block_n": 128, "num_warps": 4, "stages": 2},
-    {"block_m": 128, "block_n": 128, "num_warps": 8, "stages": 2},
-    {"block_m": 128, "block_n": 128, "num_warps": 8, "stages": 2, "q_regs": True},
+    {"stages": 3},
+    {"block_n": 64, "stages": 3},
+    {"block_n": 64, "stages": 4},
+    {"consumer_regs": 232, "producer_regs": 40},
 ]
 
 
@@ -124,16 +122,8 @@ def one(tiles: dict[str, Any], tokens: int) -> dict[str, Any]:
 
 
 def label(tiles: dict[str, Any]) -> str:
-    full = {
-        **dict(zip(("block_m", "block_n", "num_warps", "stages"), DEFAULT_TILES, strict=True)),
-        **tiles,
-    }
-    extra = "".join(
-        f" {k}={v}"
-        for k, v in full.items()
-        if k not in ("block_m", "block_n", "num_warps", "stages")
-    )
-    return f"{full['block_m']}x{full['block_n']} {full['num_warps']}w {full['stages']}s{extra}"
+    full = {"block_n": DEFAULT_TILES[0], "stages": DEFAULT_TILES[1], **tiles}
+    return "128x" + " ".join(f"{v}" if k == "block_n" else f"{k}={v}" for k, v in full.items())
 
 
 def main() -> None:

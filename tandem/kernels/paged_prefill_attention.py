@@ -296,9 +296,9 @@ def paged_prefill_attention(
     `out` are tuning knobs (None: the measured defaults): tile sizes, `pack_gqa`
     (the query heads of one KV head share the rows of a tile, so each K/V tile
     is loaded once per group), `tma` (load `k_new`/`v_new` tiles with TMA
-    descriptors), `hopper` (run the split path with the Gluon kernel of
-    `prefill_attention_hopper`; None: whenever it supports the inputs, which
-    needs an sm_90 GPU; the tile knobs then apply to it)."""
+    descriptors), `hopper` (run the split path with the warp-specialized Gluon
+    kernel of `prefill_attention_hopper`; None: whenever it supports the inputs,
+    which needs an sm_90 GPU; block_n, num_stages and pack_gqa then apply to it)."""
     check_paged(q, k_cache, v_cache, block_tables, seq_lens)
     batch = seq_lens.shape[0]
     checks.check_ndim("query_start_loc", query_start_loc, 1, "[batch + 1]")
@@ -315,19 +315,24 @@ def paged_prefill_attention(
         return out
     if split:
         assert k_new is not None and v_new is not None
-        can_hopper = tma is not False and hopper_kernel.supported(q, k_cache, k_new, v_new)
+        # block_m and num_warps are knobs of the Triton kernel only: setting them picks it.
+        can_hopper = (
+            tma is not False
+            and block_m is None
+            and num_warps is None
+            and hopper_kernel.supported(q, k_cache, v_cache, k_new, v_new)
+        )
         if hopper and not can_hopper:
             raise checks.KernelInputError(
                 "hopper needs an sm_90 GPU, 16-bit q, head_dim 64 or 128, a power-of-two GQA group "
-                "of at most 8 and TMA-compatible k_new/v_new"
+                "of at most 8, TMA-compatible k_new/v_new and caches, and no block_m/num_warps/tma=False"
             )
         if can_hopper if hopper is None else hopper:
             ht = hopper_kernel.DEFAULT_TILES
             return hopper_kernel.prefill_attention_hopper(
                 q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
                 max_query_len=max_query_len, k_new=k_new, v_new=v_new, out=out,
-                block_m=block_m or ht[0], block_n=block_n or ht[1], num_warps=num_warps or ht[2],
-                stages=num_stages or ht[3], pack_gqa=pack_gqa,
+                block_n=block_n or ht[0], stages=num_stages or ht[1], pack_gqa=pack_gqa,
             )  # fmt: skip
     elif hopper:
         raise checks.KernelInputError("hopper needs k_new and v_new (the split path)")

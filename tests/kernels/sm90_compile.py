@@ -80,23 +80,22 @@ def prefill_case(elem: str, elem_bytes: int, head_dim: int, group: int, tma: boo
 
 
 def hopper_case(elem: str, head_dim: int, group: int) -> dict[str, Any]:
-    """The Gluon prefill kernel (the split path's default on sm_90), default tiles."""
+    """The warp-specialized Gluon prefill kernel (the split path's default on sm_90)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    block_m, block_n, warps, stages = hopper.DEFAULT_TILES
+    block_n, stages = hopper.DEFAULT_TILES
     layout = gl.NVMMASharedLayout.get_default_for(
         [block_n, head_dim], gl.bfloat16 if elem == "bf16" else gl.float16
     )
     consts: dict[str, Any] = {
-        "BLOCK_SIZE": 16, "BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_D": head_dim,
-        "GROUP_TILE": group, "STAGES": stages, "Q_REGS": False, "num_warps": warps,
+        "BLOCK_SIZE": 16, "BLOCK_N": block_n, "HEAD_D": head_dim, "GROUP_TILE": group, "STAGES": stages,
+        "CONSUMER_REGS": 240, "PRODUCER_REGS": 24,
     }  # fmt: skip
-    descriptors = {
-        n: f"tensordesc<{elem}[{block_n}, {head_dim}],{layout!r}>" for n in ("k_desc", "v_desc")
-    }
+    descriptors = {n: f"tensordesc<{elem}[{block_n}, {head_dim}],{layout!r}>" for n in ("k_desc", "v_desc")}
+    descriptors |= {n: f"tensordesc<{elem}[16, {head_dim}],{layout!r}>" for n in ("kc_desc", "vc_desc")}
     smem = shared_bytes(
-        hopper._prefill_attention_hopper_kernel, consts, elem, warps, 1, descriptors, GluonASTSource
+        hopper._prefill_attention_hopper_kernel, consts, elem, 4, 1, descriptors, GluonASTSource
     )
     return {"kernel": "prefill_hopper", "dtype": elem, "head_dim": head_dim, "shared": smem}
 
@@ -117,7 +116,7 @@ def main() -> None:
         lambda: prefill_case("fp32", 4, 128, 1, tma=False),
         lambda: decode_case("bf16", 128),
         lambda: hopper_case("bf16", 128, 4),
-        lambda: hopper_case("fp16", 64, 8),
+        lambda: hopper_case("fp16", 64, 1),
     ]
     for case in cases:
         print(json.dumps(case()), flush=True)
