@@ -219,12 +219,10 @@ def sdpa_backends(
 # ---------------------------------------------------------------- prefill
 
 
-def prefill_bench(tokens: int, configs: list[dict[str, Any]], mm_rate: float) -> dict[str, Any]:
-    """One 4096-token prompt. K and V are strided views of one qkv buffer (the
-    model's layout), also stored in a shuffled paged cache. Config key
-    `split`: the engine's prefill call (this step's K/V rows read contiguously,
-    with TMA); without it every position is gathered through the block table,
-    the path that earlier context (prefix hits, earlier chunks) takes."""
+def prompt_inputs(tokens: int) -> dict[str, Any]:
+    """Keyword arguments of `paged_prefill_attention` for one prompt of `tokens`:
+    K and V are strided views of one qkv buffer (the model's layout), also
+    stored in a shuffled paged cache."""
     qkv = torch.randn(tokens, HEADS + 2 * KV_HEADS, HEAD_DIM, device=DEV, dtype=DT)
     q = qkv[:, :HEADS].contiguous()
     k_new, v_new = qkv[:, HEADS : HEADS + KV_HEADS], qkv[:, HEADS + KV_HEADS :]
@@ -233,9 +231,23 @@ def prefill_bench(tokens: int, configs: list[dict[str, Any]], mm_rate: float) ->
     slots = (table[0].long()[:, None] * BLOCK + torch.arange(BLOCK, device=DEV)).flatten()[:tokens]
     k_cache.view(-1, KV_HEADS, HEAD_DIM)[slots] = k_new
     v_cache.view(-1, KV_HEADS, HEAD_DIM)[slots] = v_new
-    seq_lens = torch.tensor([tokens], dtype=torch.int32, device=DEV)
-    starts = torch.tensor([0, tokens], dtype=torch.int32, device=DEV)
-    scale = HEAD_DIM**-0.5
+    return {
+        "q": q, "k_cache": k_cache, "v_cache": v_cache, "block_tables": table,
+        "query_start_loc": torch.tensor([0, tokens], dtype=torch.int32, device=DEV),
+        "seq_lens": torch.tensor([tokens], dtype=torch.int32, device=DEV),
+        "scale": HEAD_DIM**-0.5, "max_query_len": tokens, "k_new": k_new, "v_new": v_new,
+    }  # fmt: skip
+
+
+def prefill_bench(tokens: int, configs: list[dict[str, Any]], mm_rate: float) -> dict[str, Any]:
+    """One 4096-token prompt. K and V are strided views of one qkv buffer (the
+    model's layout), also stored in a shuffled paged cache. Config key
+    `split`: the engine's prefill call (this step's K/V rows read contiguously,
+    with TMA); without it every position is gathered through the block table,
+    the path that earlier context (prefix hits, earlier chunks) takes."""
+    a = prompt_inputs(tokens)
+    q, k_new, v_new, k_cache, v_cache = a["q"], a["k_new"], a["v_new"], a["k_cache"], a["v_cache"]
+    table, starts, seq_lens, scale = a["block_tables"], a["query_start_loc"], a["seq_lens"], a["scale"]
     flops = 4 * tokens * tokens / 2 * HEADS * HEAD_DIM
 
     def call(cfg: dict[str, Any]) -> Callable[[], torch.Tensor]:

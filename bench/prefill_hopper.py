@@ -31,6 +31,7 @@ from kernels import (
     bench_ms,
     ceilings,
     paged_cache,
+    prompt_inputs,
     rel_err,
     sdpa_backends,
     versions,
@@ -81,23 +82,6 @@ def varlen_case(dtype: torch.dtype, tiles: dict[str, Any], pack: bool) -> float:
         q.float(), kc.float(), vc.float(), table, starts, seq, HEAD_DIM**-0.5
     )
     return rel_err(out, ref)
-
-
-def prompt_inputs(tokens: int) -> dict[str, Any]:
-    qkv = torch.randn(tokens, HEADS + 2 * KV_HEADS, HEAD_DIM, device=DEV, dtype=torch.bfloat16)
-    q = qkv[:, :HEADS].contiguous()
-    k_new, v_new = qkv[:, HEADS : HEADS + KV_HEADS], qkv[:, HEADS + KV_HEADS :]
-    k_cache, v_cache, tables = paged_cache([tokens])
-    table = tables[0]
-    slots = (table[0].long()[:, None] * BLOCK + torch.arange(BLOCK, device=DEV)).flatten()[:tokens]
-    k_cache.view(-1, KV_HEADS, HEAD_DIM)[slots] = k_new
-    v_cache.view(-1, KV_HEADS, HEAD_DIM)[slots] = v_new
-    return {
-        "q": q, "k_cache": k_cache, "v_cache": v_cache, "block_tables": table,
-        "query_start_loc": torch.tensor([0, tokens], dtype=torch.int32, device=DEV),
-        "seq_lens": torch.tensor([tokens], dtype=torch.int32, device=DEV),
-        "scale": HEAD_DIM**-0.5, "max_query_len": tokens, "k_new": k_new, "v_new": v_new,
-    }  # fmt: skip
 
 
 def one(tiles: dict[str, Any], tokens: int) -> dict[str, Any]:

@@ -123,11 +123,11 @@ if HAS_GLUON:
     def _consumer(
         q_ptr, out_ptr, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, qk_scale,
         q_start, q_len, ctx_len, rel, head_base, group_tile, group, stride_qt, stride_qh, stride_ot,
-        stride_oh, n_ctx, n_tiles, ROW0: gl.constexpr,
+        stride_oh, n_ctx, n_tiles, row0,
     ):  # fmt: skip
         # Partition arguments are run-time values: sizes come from the buffers'
-        # types, and the packed group (`group_tile`, 1 when heads are not packed)
-        # is a run-time divisor, used only outside the loop.
+        # types; the first row of this warpgroup (`row0`, 0 or 64) and the packed
+        # group (`group_tile`, 1 when heads are not packed) are used only outside the loop.
         STAGES: gl.constexpr = k_smem.type.shape[0]
         BLOCK_N: gl.constexpr = k_smem.type.shape[1]
         HEAD_D: gl.constexpr = k_smem.type.shape[2]
@@ -145,7 +145,7 @@ if HAS_GLUON:
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-        r_io = ROW0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, io_layout))
+        r_io = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, io_layout))
         d_io = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, io_layout))
         head_io = head_base + r_io % group_tile
         row_ok = (rel + r_io // group_tile < q_len) & (r_io % group_tile < group)
@@ -158,7 +158,7 @@ if HAS_GLUON:
         m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
         l_i = gl.zeros([ROWS], gl.float32, row_s)
         o = gl.zeros([ROWS, HEAD_D], gl.float32, o_layout)
-        qrel = rel + (ROW0 + gl.arange(0, ROWS, layout=row_s)) // group_tile
+        qrel = rel + (row0 + gl.arange(0, ROWS, layout=row_s)) // group_tile
         cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
 
         # Tile 0: scores and softmax; its P V goes out with tile 1's scores.
@@ -191,26 +191,6 @@ if HAS_GLUON:
         o = o / gl.convert_layout(l_i, row_o)[:, None]
         o_off = tok_io[:, None] * stride_ot + head_io[:, None] * stride_oh + d_io[None, :]
         gl.store(out_ptr + o_off, gl.convert_layout(o.to(dtype), io_layout), mask=io_mask)
-
-    @gluon.jit
-    def _consumer_lo(
-        q_ptr, out_ptr, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, qk_scale,
-        q_start, q_len, ctx_len, rel, head_base, group_tile, group, stride_qt, stride_qh, stride_ot,
-        stride_oh, n_ctx, n_tiles,
-    ):  # fmt: skip
-        _consumer(q_ptr, out_ptr, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, qk_scale,
-                  q_start, q_len, ctx_len, rel, head_base, group_tile, group, stride_qt, stride_qh, stride_ot,
-                  stride_oh, n_ctx, n_tiles, 0)  # fmt: skip
-
-    @gluon.jit
-    def _consumer_hi(
-        q_ptr, out_ptr, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, qk_scale,
-        q_start, q_len, ctx_len, rel, head_base, group_tile, group, stride_qt, stride_qh, stride_ot,
-        stride_oh, n_ctx, n_tiles,
-    ):  # fmt: skip
-        _consumer(q_ptr, out_ptr, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, qk_scale,
-                  q_start, q_len, ctx_len, rel, head_base, group_tile, group, stride_qt, stride_qh, stride_ot,
-                  stride_oh, n_ctx, n_tiles, 64)  # fmt: skip
 
     @gluon.jit
     def _prefill_attention_hopper_kernel(
@@ -254,13 +234,15 @@ if HAS_GLUON:
                 q_start, q_len, ctx_len, rel, head_base, GROUP_TILE + q_len * 0, group,
                 stride_qt, stride_qh, stride_ot, stride_oh, n_ctx, n_tiles,
             )  # fmt: skip
+            zero = q_len * 0  # the warpgroups' first rows, as run-time values
             pargs = (
                 k_desc, v_desc, kc_desc, vc_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty,
                 block_tables_ptr + b.to(gl.int64) * stride_bt, max_blocks, q_start, n_ctx, n_tiles,
                 kvh * HEAD_D,
             )  # fmt: skip
+            # Tuple concatenation, not unpacking: the JIT front end has no starred expressions.
             gl.warp_specialize(
-                [(_consumer_lo, cargs), (_consumer_hi, cargs), (_producer, pargs)],
+                [(_consumer, cargs + (zero,)), (_consumer, cargs + (zero + 64,)), (_producer, pargs)],  # noqa: RUF005
                 [4, 4],
                 [CONSUMER_REGS, PRODUCER_REGS],
             )
