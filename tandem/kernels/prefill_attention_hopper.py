@@ -38,6 +38,7 @@ every head launch first and light ones fill the tail.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -73,38 +74,40 @@ if HAS_GLUON:
         return p, m_new, l_i, alpha
 
     @gluon.jit
+    def _fill_slot(
+        new_desc, cache_desc, dst, ready, empty, t, wait_phase, refill,
+        table_ptr, max_blocks, q_start, n_ctx, col,
+    ):  # fmt: skip
+        """Wait until `dst` is released, then TMA-load K or V tile `t` into it:
+        context tiles one cache block per load through the block table, the
+        chunk's own tiles from the contiguous new rows."""
+        BLOCK_N: gl.constexpr = dst.type.shape[0]
+        BLOCK_SIZE: gl.constexpr = cache_desc.block_type.shape[0]
+        mbarrier.wait(empty, wait_phase, pred=refill)
+        mbarrier.expect(ready, new_desc.block_type.nbytes)
+        if t < n_ctx:
+            for i in gl.static_range(BLOCK_N // BLOCK_SIZE):
+                idx = t * (BLOCK_N // BLOCK_SIZE) + i
+                blk = gl.load(table_ptr + idx, mask=idx < max_blocks, other=0)
+                _tma_load(cache_desc, [blk * BLOCK_SIZE, col], ready, dst.slice(i * BLOCK_SIZE, BLOCK_SIZE))
+        else:
+            _tma_load(new_desc, [q_start + (t - n_ctx) * BLOCK_N, col], ready, dst)
+
+    @gluon.jit
     def _producer(
         k_desc, v_desc, kc_desc, vc_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty,
         table_ptr, max_blocks, q_start, n_ctx, n_tiles, col,
     ):  # fmt: skip
         # Partition arguments are run-time values: sizes come from the buffers' types.
         STAGES: gl.constexpr = k_smem.type.shape[0]
-        BLOCK_N: gl.constexpr = k_smem.type.shape[1]
-        BLOCK_SIZE: gl.constexpr = kc_desc.block_type.shape[0]
-        PER_TILE: gl.constexpr = BLOCK_N // BLOCK_SIZE
         for t in range(n_tiles):
             slot = t % STAGES
+            phase = ((t // STAGES) + 1) & 1
             refill = t >= STAGES  # a slot's first use needs no release
-            mbarrier.wait(k_empty.index(slot), ((t // STAGES) + 1) & 1, pred=refill)
-            mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-            if t < n_ctx:
-                for i in gl.static_range(PER_TILE):
-                    idx = t * PER_TILE + i
-                    blk = gl.load(table_ptr + idx, mask=idx < max_blocks, other=0)
-                    _tma_load(kc_desc, [blk * BLOCK_SIZE, col], k_ready.index(slot),
-                              k_smem.index(slot).slice(i * BLOCK_SIZE, BLOCK_SIZE))  # fmt: skip
-            else:
-                _tma_load(k_desc, [q_start + (t - n_ctx) * BLOCK_N, col], k_ready.index(slot), k_smem.index(slot))
-            mbarrier.wait(v_empty.index(slot), ((t // STAGES) + 1) & 1, pred=refill)
-            mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-            if t < n_ctx:
-                for i in gl.static_range(PER_TILE):
-                    idx = t * PER_TILE + i
-                    blk = gl.load(table_ptr + idx, mask=idx < max_blocks, other=0)
-                    _tma_load(vc_desc, [blk * BLOCK_SIZE, col], v_ready.index(slot),
-                              v_smem.index(slot).slice(i * BLOCK_SIZE, BLOCK_SIZE))  # fmt: skip
-            else:
-                _tma_load(v_desc, [q_start + (t - n_ctx) * BLOCK_N, col], v_ready.index(slot), v_smem.index(slot))
+            _fill_slot(k_desc, kc_desc, k_smem.index(slot), k_ready.index(slot), k_empty.index(slot), t, phase,
+                       refill, table_ptr, max_blocks, q_start, n_ctx, col)  # fmt: skip
+            _fill_slot(v_desc, vc_desc, v_smem.index(slot), v_ready.index(slot), v_empty.index(slot), t, phase,
+                       refill, table_ptr, max_blocks, q_start, n_ctx, col)  # fmt: skip
 
     @gluon.jit
     def _mask(s, j, n_ctx, ctx_len, rel, qrel, cols, BLOCK_N: gl.constexpr):
@@ -254,6 +257,12 @@ if HAS_GLUON:
 DEFAULT_TILES = (128, 2)
 
 
+@functools.cache
+def _is_sm90(device_index: int | None) -> bool:
+    # Asked once per layer of every prefill step: remember the answer per device.
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
 def _tma_rows_ok(t: torch.Tensor) -> bool:
     """`t` ([T, kv_heads, head_dim]) can back a 2-D descriptor [T, kv_heads * head_dim]."""
     es = t.element_size()
@@ -273,9 +282,7 @@ def supported(
     cover, and contiguous caches whose blocks (a power of two of at least 8
     rows, the swizzle period of a TMA tile) it can address as
     [num_blocks * block_size, kv_heads * head_dim] rows."""
-    if not (HAS_GLUON and q.is_cuda):
-        return False
-    if torch.cuda.get_device_capability(q.device) != (9, 0):
+    if not (HAS_GLUON and q.is_cuda and _is_sm90(q.device.index)):
         return False
     group = q.shape[1] // k_cache.shape[2]
     return (
