@@ -47,6 +47,7 @@ class Engine:
         self.config = config
         self.role: str = config.role
         self.draining = False
+        metrics.watch_state(lambda: self.role, lambda: self.draining)
         self.runner = ModelRunner(
             config.model,
             dtype=config.dtype,
@@ -260,8 +261,10 @@ class Engine:
         return out
 
     def _update_gauges(self) -> None:
-        metrics.REQUESTS_WAITING.labels(self.role).set(len(self.scheduler.waiting))
-        metrics.REQUESTS_RUNNING.labels(self.role).set(len(self.scheduler.running))
+        for role in ("prefill", "decode", "both"):  # a flipped worker's old role reads 0
+            mine = role == self.role
+            metrics.REQUESTS_WAITING.labels(role).set(len(self.scheduler.waiting) if mine else 0)
+            metrics.REQUESTS_RUNNING.labels(role).set(len(self.scheduler.running) if mine else 0)
         metrics.KV_BLOCKS_USED.set(self.pool.num_used)
 
     # ----- KV export (prefill role) --------------------------------------
@@ -390,4 +393,6 @@ class Engine:
             raise InvalidRequest("role", f"must be prefill, decode or both, got {role!r}")
         if not self.idle():
             raise Draining("role change needs an idle engine; drain first")
+        if role != self.role:
+            metrics.ROLE_SWITCHES.labels(role).inc()
         self.role = role

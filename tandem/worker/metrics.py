@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS_WAITING = Gauge("tandem_worker_requests_waiting", "Requests queued in the engine", ["role"])
@@ -19,3 +21,15 @@ STEP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 PREEMPTIONS = Counter("tandem_worker_preemptions_total", "Requests preempted (recomputed later)")
+ROLE = Gauge("tandem_worker_role", "1 for the role the worker serves now, 0 for the others", ["role"])
+DRAINING = Gauge("tandem_worker_draining", "1 while the worker admits no new work (drain, role flip)")
+ROLE_SWITCHES = Counter(
+    "tandem_worker_role_switches", "Role changes carried out (drain, switch, rejoin)", ["to_role"]
+)
+
+
+def watch_state(role: Callable[[], str], draining: Callable[[], bool]) -> None:
+    """Read role and draining at scrape time, so a scaler never sees a stale value."""
+    for r in ("prefill", "decode", "both"):
+        ROLE.labels(r).set_function(lambda r=r: 1.0 if role() == r else 0.0)  # type: ignore[misc]
+    DRAINING.set_function(lambda: 1.0 if draining() else 0.0)
