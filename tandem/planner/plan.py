@@ -54,11 +54,13 @@ def plan(policy: Policy, signals: PoolSignals, state: PlannerState, now: float) 
         reason = f"no busy fraction yet for {', '.join(unknown)}; waiting for a second scrape"
         return _unchanged("hold", reason, cur, state)
     pressure = {r: _pressure(policy, signals, r, live[r]) for r in ROLES}
-    asked = {r: _size(policy, r, cur[r], pressure[r].value) for r in ROLES}
+    ready = {r: sum(w.ready for w in live[r]) for r in ROLES}
+    asked = {r: _size(policy, r, cur[r], ready[r], pressure[r].value) for r in ROLES}
     sized = {r: policy.bounds(r).clamp(asked[r]) for r in ROLES}
-    fitted, limited = _fit(policy, signals, cur, sized, pressure)
+    need = {r: ready[r] * pressure[r].value for r in ROLES}  # in workers at target
+    fitted, limited = _fit(policy, signals, cur, sized, need)
     limited = limited or _max_limited(policy, asked)
-    history = tuple(r for r in state.recommendations if r.at >= now - policy.history_s)
+    history = _keep(state.recommendations, now - policy.history_s)
     history += (Recommendation(now, fitted["prefill"], fitted["decode"]),)
     kept = PlannerState(history, state.last_change_at)
     target = {r: _stabilize(policy, cur[r], history, r, now) for r in ROLES}
@@ -83,7 +85,10 @@ def plan(policy: Policy, signals: PoolSignals, state: PlannerState, now: float) 
     remove = tuple(name for r in ROLES for name in removed[r])
     after = _after(cur, flips, {r: len(removed[r]) for r in ROLES}, add)
     if after == cur:
-        return unchanged("hold", "no flexible worker or GPU available for the move")
+        if all(target[r] >= cur[r] for r in ROLES):
+            asks = _why_none(cur, fitted)
+            return unchanged("none", f"{asks}; growth waits for a free GPU")
+        return unchanged("hold", "no flexible worker or free GPU for the move")
     return Decision(
         "flip" if flips and not (remove or any(add.values())) else "scale",
         f"{_describe(cur, after, flips, remove)}; pressure {said}",
@@ -163,16 +168,15 @@ def _pressure(policy: Policy, s: PoolSignals, role: str, live: list[WorkerSignal
     return _Pressure(min(value, MAX_PRESSURE), why)
 
 
-def _size(policy: Policy, role: str, cur: int, pressure: float) -> int:
-    if cur == 0:
-        return policy.bounds(role).min_replicas  # no workers, no signal: only the floor is known
+def _size(policy: Policy, role: str, cur: int, ready: int, pressure: float) -> int:
+    """HPA's rule on the workers that report (starting ones are counted, not voting)."""
+    if ready == 0:
+        # No workers, or none ready yet: nothing measured, keep what exists (or the floor).
+        return max(cur, policy.bounds(role).min_replicas)
     in_band = abs(pressure - 1.0) <= policy.tolerance
-    desired = cur if in_band else min(math.ceil(cur * pressure - 1e-9), policy.up_limit(cur))
+    desired = cur if in_band else math.ceil(ready * pressure - 1e-9)
+    desired = min(desired, policy.up_limit(cur))
     return max(desired, cur - policy.down_step(cur), 0)
-
-
-def _need(cur: int, pressure: _Pressure) -> float:
-    return cur * pressure.value
 
 
 def _budget(policy: Policy, s: PoolSignals) -> int | None:
@@ -192,20 +196,19 @@ def _fit(
     s: PoolSignals,
     cur: dict[str, int],
     sized: dict[str, int],
-    pressure: dict[str, _Pressure],
+    need: dict[str, float],
 ) -> tuple[dict[str, int], str]:
     budget = _budget(policy, s)
     p, d = sized["prefill"], sized["decode"]
     if budget is None or policy.gpus(p, d) <= budget:
         return dict(sized), ""
     limited = f"maxGPUs={policy.max_gpus} binds: the signals ask for {p} prefill + {d} decode"
-    need = {r: _need(cur[r], pressure[r]) for r in ROLES}
+    grown = _grow_within(policy, cur, sized, need, budget)
     if not policy.role_switching:
-        return _grow_within(policy, cur, sized, need, budget), limited
+        return grown, limited
     best = _best_split(policy, budget, sized, need)
-    now_split = _within(policy, cur, budget)
-    if _score(best, need) <= _score(now_split, need) * (1 + policy.tolerance):
-        best = now_split  # hysteresis: a flip must serve the bottleneck clearly better
+    if _score(best, need) <= _score(grown, need) * (1 + policy.tolerance):
+        return grown, limited  # hysteresis: a flip must serve the bottleneck clearly better
     return best, limited
 
 
@@ -274,12 +277,24 @@ def _max_limited(policy: Policy, asked: dict[str, int]) -> str:
     return ""
 
 
+def _keep(history: tuple[Recommendation, ...], horizon: float) -> tuple[Recommendation, ...]:
+    """The recommendations inside the horizon, and the last one before it: that one
+    shows the longest window was watched from its start."""
+    older = [r for r in history if r.at < horizon]
+    return tuple(older[-1:]) + tuple(r for r in history if r.at >= horizon)
+
+
 def _stabilize(
     policy: Policy, cur: int, history: tuple[Recommendation, ...], role: str, now: float
 ) -> int:
+    """Grow to the least, shrink to the largest recommendation of the window. A window
+    not yet watched in full (start-up, an operator restart) counts the current size
+    as one of its recommendations, so nothing moves on a first impression."""
+
     def values(window: float) -> list[int]:
         got = [getattr(r, role) for r in history if r.at >= now - window]
-        return got or [getattr(history[-1], role)]
+        covered = any(r.at <= now - window for r in history)
+        return got if covered else [*got, cur]
 
     up = min(values(policy.scale_up_window_s))
     down = max(values(policy.scale_down_window_s))

@@ -67,8 +67,10 @@ def parse(text: str) -> Snapshot:
 
 def _delta(before: Snapshot, after: Snapshot, name: str, **labels: str) -> float | None:
     a, b = before.total(name, **labels), after.total(name, **labels)
-    if a is None or b is None:
+    if b is None:
         return None
+    if a is None:
+        return b  # the series was born inside the window (labelled counters start lazily)
     return b - a if b >= a else b  # a counter that went down means the process restarted
 
 
