@@ -7,6 +7,7 @@ carries the decision out its own way.
 """
 
 from tandem.planner.decision import Decision, Flip, PlannerState, Recommendation
+from tandem.planner.demand import RoleDemand, demand
 from tandem.planner.plan import plan
 from tandem.planner.policy import Policy, RoleBounds
 from tandem.planner.signals import PoolSignals, WorkerSignal
@@ -19,6 +20,8 @@ __all__ = [
     "PoolSignals",
     "Recommendation",
     "RoleBounds",
+    "RoleDemand",
     "WorkerSignal",
+    "demand",
     "plan",
 ]

@@ -3,12 +3,7 @@
 Pure: no I/O, no clock (`now` is given, in seconds on any monotonic scale), no
 randomness. Steps:
 
-1. Pressure per role, 1.0 meaning "at target": the largest of the role's
-   signals divided by its target. Prefill: busy fraction, and TTFT p99 against
-   its SLO once the prefill workers are loaded (an idle pool that misses TTFT
-   on long prompts gains nothing from more workers). Decode: KV-block usage,
-   and TPOT p99 against its SLO once batches are shared (>= 2 running per
-   worker); busy fraction only when neither is known.
+1. Pressure per role, 1.0 meaning "at target" (`demand.py`).
 2. Size each role like the HPA: ceil(current x pressure) unless within the
    tolerance, bounded by min/max replicas and a step limit.
 3. Fit the GPU budget: over `max_gpus`, split the budget between the roles so
@@ -27,24 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from tandem.planner.decision import Action, Decision, Flip, PlannerState, Recommendation
+from tandem.planner.demand import demand, live_workers
 from tandem.planner.policy import Policy
 from tandem.planner.signals import ROLES, PoolSignals, WorkerSignal
 
-MAX_PRESSURE = 4.0  # a saturated signal (queues growing) says "more", not how much more
-TPOT_MIN_BATCH = 2.0  # decode batches below this per worker cannot be split further
-
-
-@dataclass(frozen=True)
-class _Pressure:
-    value: float
-    why: str
-
 
 def plan(policy: Policy, signals: PoolSignals, state: PlannerState, now: float) -> Decision:
-    live = {r: _live(signals.workers, r) for r in ROLES}
+    live = {r: live_workers(signals.workers, r) for r in ROLES}
     cur = {r: len(live[r]) for r in ROLES}
     if signals.missing:
         reason = "signal source down: " + ", ".join(signals.missing) + "; no scaling decision"
@@ -53,11 +39,11 @@ def plan(policy: Policy, signals: PoolSignals, state: PlannerState, now: float) 
     if unknown:
         reason = f"no busy fraction yet for {', '.join(unknown)}; waiting for a second scrape"
         return _unchanged("hold", reason, cur, state)
-    pressure = {r: _pressure(policy, signals, r, live[r]) for r in ROLES}
-    ready = {r: sum(w.ready for w in live[r]) for r in ROLES}
+    roles = demand(policy, signals)
+    pressure, ready = roles, {r: roles[r].ready for r in ROLES}
     asked = {r: _size(policy, r, cur[r], ready[r], pressure[r].value) for r in ROLES}
     sized = {r: policy.bounds(r).clamp(asked[r]) for r in ROLES}
-    need = {r: ready[r] * pressure[r].value for r in ROLES}  # in workers at target
+    need = {r: roles[r].need for r in ROLES}
     fitted, limited = _fit(policy, signals, cur, sized, need)
     limited = limited or _max_limited(policy, asked)
     history = _keep(state.recommendations, now - policy.history_s)
@@ -117,55 +103,8 @@ def _after(
     return {r: out[r] - removed[r] + add[r] for r in ROLES}
 
 
-def _live(workers: Sequence[WorkerSignal], role: str) -> list[WorkerSignal]:
-    # `both` (colocated) workers serve decode; what they prefill is counted there too.
-    roles = ("decode", "both") if role == "decode" else (role,)
-    return [w for w in workers if w.role in roles and not w.draining]
-
-
 def _unchanged(action: Action, reason: str, cur: dict[str, int], state: PlannerState) -> Decision:
     return Decision(action, reason, cur["prefill"], cur["decode"], state=state)
-
-
-def _pressure(policy: Policy, s: PoolSignals, role: str, live: list[WorkerSignal]) -> _Pressure:
-    ready = [w for w in live if w.ready]
-    if not ready:
-        return _Pressure(0.0, "no ready workers")
-    busy = sum(w.busy or 0.0 for w in ready) / len(ready)
-    terms: list[tuple[float, str]] = []
-    latency_ok = s.requests >= policy.min_requests
-    if role == "prefill":
-        terms.append((busy / policy.target_busy, f"busy {busy:.2f}/{policy.target_busy:.2f}"))
-        loaded = busy >= policy.target_busy * (1 - policy.tolerance)
-        if policy.ttft_slo_s and s.ttft_p99_s is not None and latency_ok and loaded:
-            terms.append(
-                (
-                    s.ttft_p99_s / policy.ttft_slo_s,
-                    f"ttft p99 {s.ttft_p99_s:.3g}s/{policy.ttft_slo_s:g}s",
-                )
-            )
-    else:
-        sized = [w for w in ready if w.kv_blocks_total]
-        if sized:
-            kv = sum(w.kv_usage for w in sized) / len(sized)
-            terms.append((kv / policy.target_kv_usage, f"kv {kv:.2f}/{policy.target_kv_usage:.2f}"))
-        batch = sum(w.running for w in ready) / len(ready)
-        if (
-            policy.tpot_slo_s
-            and s.tpot_p99_s is not None
-            and latency_ok
-            and batch >= TPOT_MIN_BATCH
-        ):
-            terms.append(
-                (
-                    s.tpot_p99_s / policy.tpot_slo_s,
-                    f"tpot p99 {s.tpot_p99_s:.3g}s/{policy.tpot_slo_s:g}s",
-                )
-            )
-        if not terms:
-            terms.append((busy / policy.target_busy, f"busy {busy:.2f}/{policy.target_busy:.2f}"))
-    value, why = max(terms, key=lambda t: t[0])
-    return _Pressure(min(value, MAX_PRESSURE), why)
 
 
 def _size(policy: Policy, role: str, cur: int, ready: int, pressure: float) -> int:

@@ -119,9 +119,30 @@ def quantile(q: float, before: Mapping[float, float], after: Mapping[float, floa
     return lower
 
 
-def _window_quantile(
-    pairs: Sequence[tuple[Snapshot, Snapshot]], name: str, q: float
-) -> tuple[float | None, int]:
+def fraction_below(
+    x: float, before: Mapping[float, float], after: Mapping[float, float]
+) -> float | None:
+    """Share of the window's observations <= x (linear inside the bucket): the SLO
+    attainment of one latency, read from a histogram."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if x <= bound:
+            if math.isinf(bound):
+                return below / counts[-1]  # past the last finite bucket: a lower bound
+            share = (x - lower) / (bound - lower) if bound > lower else 1.0
+            return (below + (count - below) * share) / counts[-1]
+        lower, below = bound, count
+    return 1.0
+
+
+def window_buckets(
+    pairs: Sequence[tuple[Snapshot, Snapshot]], name: str
+) -> tuple[dict[float, float], dict[float, float]]:
+    """A histogram's cumulative buckets at the window's two ends, summed over targets."""
     before: dict[float, float] = {}
     after: dict[float, float] = {}
     for a, b in pairs:
@@ -129,6 +150,13 @@ def _window_quantile(
             before[k] = before.get(k, 0.0) + v
         for k, v in b.buckets(name).items():
             after[k] = after.get(k, 0.0) + v
+    return before, after
+
+
+def _window_quantile(
+    pairs: Sequence[tuple[Snapshot, Snapshot]], name: str, q: float
+) -> tuple[float | None, int]:
+    before, after = window_buckets(pairs, name)
     n = int(after.get(math.inf, 0.0) - before.get(math.inf, 0.0))
     return quantile(q, before, after), max(0, n)
 

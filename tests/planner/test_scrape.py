@@ -7,7 +7,14 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from tandem.planner.scrape import MetricsError, parse, pool_signals, quantile, worker_signal
+from tandem.planner.scrape import (
+    MetricsError,
+    fraction_below,
+    parse,
+    pool_signals,
+    quantile,
+    worker_signal,
+)
 
 
 class FakeWorker:
@@ -159,3 +166,25 @@ def test_pool_without_routers_has_no_latency_or_queue() -> None:
     snap = parse(w.text())
     s = pool_signals([("d", snap, snap)], [], 10.0)
     assert s.queue_depth is None and s.ttft_p99_s is None and s.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("x", "expected"),
+    [
+        (0.05, 20 / 100),  # half of the (0, 0.1] bucket's 40
+        (0.1, 40 / 100),
+        (0.15, (40 + 25) / 100),
+        (0.5, 1.0),
+        (9.0, 1.0),
+    ],
+)
+def test_fraction_below_is_the_window_cdf(x: float, expected: float) -> None:
+    before = {0.1: 10.0, 0.2: 10.0, 0.5: 10.0, math.inf: 10.0}
+    after = {0.1: 50.0, 0.2: 100.0, 0.5: 110.0, math.inf: 110.0}
+    assert fraction_below(x, before, after) == pytest.approx(expected)
+
+
+def test_fraction_below_past_the_last_bucket_is_a_lower_bound() -> None:
+    # 10 of 100 observations beyond the last finite bound (1.0): 2.0 may or may not cover them.
+    assert fraction_below(2.0, {}, {1.0: 90.0, math.inf: 100.0}) == pytest.approx(0.9)
+    assert fraction_below(1.0, {}, {}) is None
