@@ -156,6 +156,13 @@ def _score(split: dict[str, int], need: dict[str, float]) -> float:
     return min((split[r] / need[r]) if need[r] > 0 else math.inf for r in ROLES)
 
 
+def best_split(policy: Policy, budget: int, need: dict[str, float]) -> dict[str, int]:
+    """The split of `budget` GPUs that serves the worse-served role best (within the
+    roles' min/max): what the planner moves towards when the budget binds."""
+    top = {r: policy.bounds(r).max_replicas or budget for r in ROLES}
+    return _best_split(policy, budget, top, need)
+
+
 def _best_split(
     policy: Policy, budget: int, sized: dict[str, int], need: dict[str, float]
 ) -> dict[str, int]:
