@@ -73,7 +73,11 @@ if checks.HAS_TRITON:
             blk = tl.load(table + n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
         else:
             blk = tl.load(table + n // BLOCK_SIZE).to(tl.int64)
-        ptrs = cache_ptr + (blk * stride_cb + (n % BLOCK_SIZE) * stride_cs + kv_off)[:, None] + d[None, :]
+        ptrs = (
+            cache_ptr
+            + (blk * stride_cb + (n % BLOCK_SIZE) * stride_cs + kv_off)[:, None]
+            + d[None, :]
+        )
         if MASKED:
             if EVEN_D:
                 return tl.load(ptrs, mask=nmask[:, None], other=0.0)
@@ -132,7 +136,7 @@ if checks.HAS_TRITON:
         k_new_ptr, v_new_ptr, k_desc, v_desc,
         qk_scale,
         stride_qt, stride_qh, stride_ot, stride_oh,
-        stride_cb, stride_cs, stride_ch, stride_bt, stride_nt, stride_nh,
+        stride_cb, stride_cs, stride_ch, stride_bt, stride_nt, stride_nh, stride_vt, stride_vh,
         group, head_dim,
         BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, GROUP_TILE: tl.constexpr, EVEN_D: tl.constexpr,
@@ -206,13 +210,16 @@ if checks.HAS_TRITON:
             # This chunk's own keys, relative position j = position - ctx_len.
             rel = m_tile * TOK_M
             qrel = rel + r // GROUP_TILE
+            # k_new and v_new may have different layouts (QK norm gives k a copy of its
+            # own while v stays a view into the projection output): strides of each.
             new_off = kvh * stride_nh
+            v_off = kvh * stride_vh
             full_new = (rel + 1) // BLOCK_N * BLOCK_N
             for j0 in range(0, full_new, BLOCK_N):
                 j = j0 + tl.arange(0, BLOCK_N)
                 k = _load_new(k_new_ptr, k_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
                               BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
-                v = _load_new(v_new_ptr, v_desc, q_start, j0, q_len, new_off, head_dim, stride_nt,
+                v = _load_new(v_new_ptr, v_desc, q_start, j0, q_len, v_off, head_dim, stride_vt,
                               BLOCK_N, BLOCK_D, False, EVEN_D, TMA)  # fmt: skip
                 acc, m_i, l_i = _attend(q, k, v, acc, m_i, l_i, j, q_len, qrel, qk_scale,
                                         BLOCK_M, BLOCK_N, False, UPCAST, IEEE)  # fmt: skip
@@ -221,7 +228,7 @@ if checks.HAS_TRITON:
                 j = j0 + tl.arange(0, BLOCK_N)
                 k = _load_new(k_new_ptr, k_desc, q_start, j0, new_hi, new_off, head_dim, stride_nt,
                               BLOCK_N, BLOCK_D, True, EVEN_D, TMA)  # fmt: skip
-                v = _load_new(v_new_ptr, v_desc, q_start, j0, new_hi, new_off, head_dim, stride_nt,
+                v = _load_new(v_new_ptr, v_desc, q_start, j0, new_hi, v_off, head_dim, stride_vt,
                               BLOCK_N, BLOCK_D, True, EVEN_D, TMA)  # fmt: skip
                 acc, m_i, l_i = _attend(q, k, v, acc, m_i, l_i, j, new_hi, qrel, qk_scale,
                                         BLOCK_M, BLOCK_N, True, UPCAST, IEEE)  # fmt: skip
@@ -349,7 +356,9 @@ def paged_prefill_attention(
         pack_gqa = on_gpu and 1 < group <= block_m // 16
     group_tile = checks.next_power_of_two(group) if pack_gqa and group > 1 else 1
     if group_tile >= block_m:
-        raise checks.KernelInputError(f"block_m {block_m} must exceed the packed group {group_tile}")
+        raise checks.KernelInputError(
+            f"block_m {block_m} must exceed the packed group {group_tile}"
+        )
     tok_m = block_m // group_tile
     k_desc = v_desc = None
     if split:
@@ -362,8 +371,12 @@ def paged_prefill_attention(
         tma = can_tma if tma is None else tma
         if tma:
             width = num_kv_heads * head_dim
-            k_desc = TensorDescriptor(k_new, [num_tokens, width], [k_new.stride(0), 1], [block_n, head_dim])
-            v_desc = TensorDescriptor(v_new, [num_tokens, width], [v_new.stride(0), 1], [block_n, head_dim])
+            k_desc = TensorDescriptor(
+                k_new, [num_tokens, width], [k_new.stride(0), 1], [block_n, head_dim]
+            )
+            v_desc = TensorDescriptor(
+                v_new, [num_tokens, width], [v_new.stride(0), 1], [block_n, head_dim]
+            )
     else:
         tma = False
     k_src = k_new if k_new is not None else k_cache
@@ -375,7 +388,7 @@ def paged_prefill_attention(
         scale * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        k_src.stride(0), k_src.stride(1),
+        k_src.stride(0), k_src.stride(1), v_src.stride(0), v_src.stride(1),
         group, head_dim,
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         GROUP_TILE=group_tile, EVEN_D=block_d == head_dim,

@@ -51,15 +51,19 @@ class TinyShape:
     max_position_embeddings: int = 2048
 
 
-def _shape(arch: str) -> TinyShape:
+def _shape(arch: str, head_dim: int | None = None) -> TinyShape:
     # Qwen3 declares head_dim independently of hidden_size; a head_dim that is not
     # hidden_size // num_heads catches code that derives it.
+    if head_dim is not None:
+        return TinyShape(head_dim=head_dim)
     return TinyShape(head_dim=32) if arch == "qwen3" else TinyShape()
 
 
-def hf_config(arch: str, vocab_size: int, dtype: str, tie: bool) -> dict[str, Any]:
+def hf_config(
+    arch: str, vocab_size: int, dtype: str, tie: bool, head_dim: int | None = None
+) -> dict[str, Any]:
     """The config.json of a tiny model, in the layout published checkpoints use."""
-    shape = _shape(arch)
+    shape = _shape(arch, head_dim)
     config: dict[str, Any] = {
         "architectures": [HF_NAMES[arch]],
         "model_type": arch,
@@ -112,10 +116,12 @@ _ARCH_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
-def random_weights(arch: str, vocab_size: int, seed: int, tie: bool) -> dict[str, torch.Tensor]:
+def random_weights(
+    arch: str, vocab_size: int, seed: int, tie: bool, head_dim: int | None = None
+) -> dict[str, torch.Tensor]:
     """HF-named float32 tensors. Norm weights are drawn around 1 (not exactly 1)
     and biases are non-zero so that a loader that drops one of them is caught."""
-    shape = _shape(arch)
+    shape = _shape(arch, head_dim)
     gen = torch.Generator().manual_seed(seed)
 
     def normal(*size: int, std: float) -> torch.Tensor:
@@ -162,8 +168,10 @@ def write_tiny_model(
     seed: int = 0,
     dtype: str = "float32",
     tie_embeddings: bool = False,
+    head_dim: int | None = None,
 ) -> Path:
-    """Write a tiny model folder at `dest` (which must not exist or be empty)."""
+    """Write a tiny model folder at `dest` (which must not exist or be empty).
+    `head_dim` overrides the architecture's default (tests of odd head sizes)."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if dtype not in DTYPES:
@@ -179,7 +187,9 @@ def write_tiny_model(
         folder / "tokenizer_config.json",
         tokenizer_config(arch, _shape(arch).max_position_embeddings),
     )
-    _write_json(folder / "config.json", hf_config(arch, vocab_size, dtype, tie_embeddings))
+    _write_json(
+        folder / "config.json", hf_config(arch, vocab_size, dtype, tie_embeddings, head_dim)
+    )
     _write_json(
         folder / "generation_config.json",
         {
@@ -188,7 +198,7 @@ def write_tiny_model(
             "pad_token_id": SPECIAL_TOKENS.index(PAD),
         },
     )
-    weights = random_weights(arch, vocab_size, seed, tie_embeddings)
+    weights = random_weights(arch, vocab_size, seed, tie_embeddings, head_dim)
     save_weights({k: v.to(DTYPES[dtype]) for k, v in weights.items()}, folder)
     return folder
 

@@ -34,10 +34,11 @@ SMALL = [
 
 
 def _new_rows(
-    kv: PagedKV, query_lens: list[int], seq_lens: list[int], heads: int
+    kv: PagedKV, query_lens: list[int], seq_lens: list[int], heads: int, own_k: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This step's K/V rows copied out of the cache, as strided views of one
-    qkv-like buffer (the model's layout), NaN where q would sit."""
+    qkv-like buffer (the model's layout), NaN where q would sit. `own_k`: k is a
+    contiguous copy of its own, as after QK norm (Qwen3), while v stays a view."""
     _, block_size, kv_heads, head_dim = kv.k_cache.shape
     buf = poisoned(sum(query_lens), heads + 2 * kv_heads, head_dim, dtype=kv.k_cache.dtype)
     t = 0
@@ -47,12 +48,14 @@ def _new_rows(
             buf[t, heads : heads + kv_heads] = kv.k_cache[blk, p % block_size]
             buf[t, heads + kv_heads :] = kv.v_cache[blk, p % block_size]
             t += 1
-    return buf[:, heads : heads + kv_heads], buf[:, heads + kv_heads :]
+    k, v = buf[:, heads : heads + kv_heads], buf[:, heads + kv_heads :]
+    return (k.contiguous() if own_k else k), v
 
 
 def _run(
     query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int, head_dim: int,
-    block_size: int, dtype: torch.dtype, split: bool = False, **tiles: int | bool | None,
+    block_size: int, dtype: torch.dtype, split: bool = False, own_k: bool = False,
+    **tiles: int | bool | None,
 ) -> None:  # fmt: skip
     gen = torch.Generator().manual_seed(sum(seq_lens) + 7 * heads)
     kv = make_paged(
@@ -65,7 +68,7 @@ def _run(
     out = poisoned(tokens, heads, head_dim, dtype=dtype)
     new: dict[str, torch.Tensor] = {}
     if split:
-        new["k_new"], new["v_new"] = _new_rows(kv, query_lens, seq_lens, heads)
+        new["k_new"], new["v_new"] = _new_rows(kv, query_lens, seq_lens, heads, own_k)
     paged_prefill_attention(
         q, kv.k_cache, kv.v_cache, kv.block_tables, starts, kv.seq_lens, scale,
         max_query_len=max(query_lens), out=out, **new, **tiles,
@@ -79,7 +82,9 @@ def _run(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"), SMALL)
+@pytest.mark.parametrize(
+    ("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"), SMALL
+)
 def test_prefill_matches_reference(
     dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
     head_dim: int, block_size: int,
@@ -105,7 +110,9 @@ SPLIT = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"), SPLIT)
+@pytest.mark.parametrize(
+    ("query_lens", "seq_lens", "heads", "kv_heads", "head_dim", "block_size"), SPLIT
+)
 @pytest.mark.parametrize("tma", [False, None])
 def test_prefill_split_matches_reference(
     dtype: torch.dtype, query_lens: list[int], seq_lens: list[int], heads: int, kv_heads: int,
@@ -114,6 +121,21 @@ def test_prefill_split_matches_reference(
     _run(
         query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, split=True,
         block_m=16, block_n=16, pack_gqa=kv_heads < heads, tma=tma,
+    )  # fmt: skip
+
+
+# k_new and v_new with different row strides (QK norm copies k; v stays a view of the
+# projection output). Head sizes that are not powers of two take the pointer path,
+# which once read v with k's strides: wrong outputs for Qwen3-style models.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [12, 24, 40])
+@pytest.mark.parametrize("tma", [False, None])
+def test_prefill_split_with_k_and_v_in_different_layouts(
+    dtype: torch.dtype, head_dim: int, tma: bool | None
+) -> None:
+    _run(
+        [20, 3, 9], [20, 40, 9], 4, 2, head_dim, 16, dtype, split=True, own_k=True,
+        block_m=16, block_n=16, pack_gqa=True, tma=tma,
     )  # fmt: skip
 
 
@@ -172,7 +194,9 @@ def _is_sm90() -> bool:
         {"block_n": 64, "num_stages": 2, "pack_gqa": False},
     ],
 )
-def test_prefill_hopper_tiles_match_reference(dtype: torch.dtype, tiles: dict[str, int | bool]) -> None:
+def test_prefill_hopper_tiles_match_reference(
+    dtype: torch.dtype, tiles: dict[str, int | bool]
+) -> None:
     # The Llama-3-8B shape must take the Gluon kernel on sm_90 (hopper=True raises otherwise).
     _run(
         [1000, 1, 257, 64], [1300, 600, 2000, 64], 32, 8, 128, 16, dtype, True, hopper=True, **tiles

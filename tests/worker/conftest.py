@@ -16,13 +16,15 @@ ModelFactory = Callable[..., Path]
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFactory:
-    cache: dict[tuple[str, bool], Path] = {}
+    cache: dict[tuple[str, bool, int | None], Path] = {}
 
-    def make(arch: str = "llama", tie: bool = False) -> Path:
-        key = (arch, tie)
+    def make(arch: str = "llama", tie: bool = False, head_dim: int | None = None) -> Path:
+        key = (arch, tie, head_dim)
         if key not in cache:
-            dest = tmp_path_factory.mktemp(f"tiny-{arch}{'-tied' if tie else ''}")
-            cache[key] = write_tiny_model(dest / "model", arch=arch, seed=0, tie_embeddings=tie)
+            dest = tmp_path_factory.mktemp(f"tiny-{arch}{'-tied' if tie else ''}-{head_dim}")
+            cache[key] = write_tiny_model(
+                dest / "model", arch=arch, seed=0, tie_embeddings=tie, head_dim=head_dim
+            )
         return cache[key]
 
     return make
@@ -49,7 +51,9 @@ def hf_greedy(model_dir: Path, prompts: list[list[int]], max_new_tokens: int) ->
     return out
 
 
-def mixed_prompts(seed: int, vocab: int, lengths: tuple[int, ...], shared_prefix: int = 0) -> list[list[int]]:
+def mixed_prompts(
+    seed: int, vocab: int, lengths: tuple[int, ...], shared_prefix: int = 0
+) -> list[list[int]]:
     """Random prompts; with shared_prefix > 0 every other prompt starts with the same tokens."""
     g = torch.Generator().manual_seed(seed)
     prefix = torch.randint(3, vocab, (shared_prefix,), generator=g).tolist()
