@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -37,6 +38,8 @@ T = TypeVar("T")
 
 #: Deadline for the Load calls that ask for prefix-cache hits before routing.
 PREFIX_PROBE_TIMEOUT_S = 0.25
+#: Routings of one request: the first, and the retries after a refusal before its first token.
+ROUTE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -74,28 +77,51 @@ class Orchestrator:
         if not any(can_decode(v) for v in self._registry.views()):
             raise Unavailable("no decode worker is reachable; try again shortly", retry_after_s=2)
         ticket = await self._traffic.admit(job.priority, len(job.prompt), job.ttft_deadline)
+        refused: set[str] = set()
         try:
-            decode = pick_decode(self._registry.views(), len(job.prompt), self._config.max_inflight_per_worker)
-            if decode is None:
-                raise Unavailable("no decode worker has room; try again shortly", retry_after_s=1)
-            prefill = await self._choose_prefill(job, decode)
-            stream = (
-                self._disaggregated(job, ticket, decode, prefill)
-                if prefill is not None
-                else self._colocated(job, ticket, decode)
-            )
-            async with contextlib.aclosing(stream):
-                async for event in stream:
-                    yield event
+            for attempt in range(1, ROUTE_ATTEMPTS + 1):
+                decode, prefill = await self._route(job, refused)
+                stream = (
+                    self._disaggregated(job, ticket, decode, prefill)
+                    if prefill is not None
+                    else self._colocated(job, ticket, decode)
+                )
+                started = False
+                try:
+                    async with contextlib.aclosing(stream):
+                        async for event in stream:
+                            started = True
+                            yield event
+                    return
+                except (WorkerDown, Unavailable) as exc:
+                    # Refused before its first token (a worker that began draining or
+                    # changed role since the last Load poll): nothing reached the client,
+                    # so route it again, away from the workers that refused it.
+                    if started or attempt == ROUTE_ATTEMPTS:
+                        raise
+                    if isinstance(exc, WorkerDown):
+                        refused.add(exc.worker)
+                    else:  # a refusal that names no worker: avoid both
+                        refused |= {decode.name} | ({prefill.name} if prefill else set())
+                    log.info("%s refused (%s); routing it again", job.request_id, exc)
         finally:
             self._traffic.release(ticket)
 
-    async def _choose_prefill(self, job: Job, decode: WorkerView) -> WorkerView | None:
+    async def _route(self, job: Job, refused: set[str]) -> tuple[WorkerView, WorkerView | None]:
+        views = [v for v in self._registry.views() if v.name not in refused]
+        decode = pick_decode(views, len(job.prompt), self._config.max_inflight_per_worker)
+        if decode is None:
+            raise Unavailable("no decode worker has room; try again shortly", retry_after_s=1)
+        return decode, await self._choose_prefill(job, decode, refused)
+
+    async def _choose_prefill(
+        self, job: Job, decode: WorkerView, refused: AbstractSet[str] = frozenset()
+    ) -> WorkerView | None:
         """A prefill worker when the prompt is long enough to ship, else None (colocated).
         The decode worker's own prefix-cache hit is learned from Reserve (skip_blocks),
         so no extra round trip is spent on it; prefill workers are asked for theirs only
         when there is a choice to make."""
-        prefill_views = [v for v in self._registry.views() if can_prefill(v)]
+        prefill_views = [v for v in self._registry.views() if can_prefill(v) and v.name not in refused]
         n = len(job.prompt)
         if not disaggregate(n, 0, self._config.min_prompt_tokens, bool(prefill_views)):
             return None

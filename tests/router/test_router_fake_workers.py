@@ -8,11 +8,14 @@ import json
 import time
 
 import aiohttp
+import grpc
 import pytest
-from fake_worker import EOS, FakeCodec, fake_text, fake_token, start_fake
+from fake_worker import EOS, FakeCodec, FakeWorker, fake_text, fake_token, start_fake
 
 from tandem.router.priority import PriorityClass
 from tandem.router.service import Router, RouterConfig
+from tandem.rpc.v1 import worker_pb2 as pb
+from tandem.rpc.v1 import worker_pb2_grpc as pb_grpc
 
 
 async def _router(addrs: list[str], **kw: object) -> Router:
@@ -358,3 +361,66 @@ async def test_request_finished_by_its_first_token_frees_the_decode_reservation(
         await router.stop()
         await ps.stop(None)
         await ds.stop(None)
+
+
+class _Refusing(FakeWorker):
+    """A worker that has begun draining (or changed role) since the router's last Load poll:
+    its Load still says it serves, but it refuses new work."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    async def Generate(self, request, context):
+        self.calls.append(("Generate", request.request_id))
+        await context.abort(self.code, "engine is draining")
+        yield  # pragma: no cover  (makes this an async generator, like the real one)
+
+    async def Reserve(self, request, context):
+        self.calls.append(("Reserve", request.request_id))
+        await context.abort(self.code, "engine is draining")
+
+
+class _Loaded(FakeWorker):
+    """Reports a busy batch, so the router tries the refusing worker first."""
+
+    async def Load(self, request, context):
+        return pb.LoadResponse(role=self.role, running=5, kv_blocks_total=100, kv_blocks_free=100)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION])
+@pytest.mark.parametrize("prompt_len", [2, 20])  # colocated (Generate) and disaggregated (Reserve)
+async def test_a_request_refused_before_its_first_token_is_routed_again(
+    code: grpc.StatusCode, prompt_len: int
+) -> None:
+    refusing = _Refusing("decode")
+    refusing.code = code
+    healthy = _Loaded("decode")
+    servers = [await _serve(w) for w in (refusing, healthy)]
+    ps, prefill = await start_fake("prefill")
+    router = await _router([refusing.address, healthy.address, prefill.address], min_prompt_tokens=8)
+    try:
+        prompt = list(range(30, 30 + prompt_len))
+        status, body, _ = await _post(
+            f"http://127.0.0.1:{router.http_port}/v1/completions", {"prompt": prompt, "max_tokens": 4}
+        )
+        assert status == 200, body
+        assert body["choices"][0]["text"] == fake_text(prompt, 4)
+        first = "Generate" if prompt_len == 2 else "Reserve"
+        assert [c for c, _ in refusing.calls] == [first]
+        served = [c for c, _ in healthy.calls]
+        assert "Generate" in served or "Decode" in served, served
+        if prompt_len > 2 and code == grpc.StatusCode.UNAVAILABLE:
+            # The refusal named the decode worker: the prefill worker still does the prompt.
+            assert served == ["Reserve", "Decode"] and [c for c, _ in prefill.calls] == ["Prefill"]
+    finally:
+        await router.stop()
+        await ps.stop(None)
+        for s in servers:
+            await s.stop(None)
+
+
+async def _serve(worker: FakeWorker) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    pb_grpc.add_WorkerServiceServicer_to_server(worker, server)
+    worker.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    return server
