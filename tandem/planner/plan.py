@@ -292,8 +292,10 @@ def _moves(
     flipped = {f.worker for f in flips}
     removed: dict[str, list[str]] = {}
     for r in ROLES:
+        # One shrink step per role and decision, flips out of it included.
+        left = policy.down_step(cur[r]) - sum(_role_of(f.from_role) == r for f in flips)
         pool = [w.name for w in _least_loaded(live[r]) if w.name not in flipped]
-        removed[r] = pool[: min(max(0, -delta[r]), policy.down_step(cur[r]))]
+        removed[r] = pool[: max(0, min(-delta[r], left))]
     add = {r: max(0, delta[r]) for r in ROLES}
     if budget is not None:
         free = budget - policy.gpus(cur["prefill"], cur["decode"])

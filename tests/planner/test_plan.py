@@ -335,3 +335,20 @@ def test_policy_rejects_bad_knobs(kwargs: dict[str, object], message: str) -> No
 def test_role_bounds_reject_max_below_min() -> None:
     with pytest.raises(ValueError, match="max_replicas"):
         RoleBounds(min_replicas=3, max_replicas=2)
+
+
+def test_flips_and_removals_share_one_shrink_step() -> None:
+    # Budget full (8 of 8); prefill wants 6, decode 2. One shrink step of decode (25% of
+    # 4 = 1) per decision: one flip, no removal on top, and no new worker without a GPU.
+    p = dataclasses.replace(
+        FAST, max_gpus=8, prefill=RoleBounds(1, 6), decode=RoleBounds(1, 6), ttft_slo_s=2.0
+    )
+    signals = pool(
+        *(prefill(f"p{i}", 0.98) for i in range(4)),
+        *(decode(f"d{i}", 0.2, running=12) for i in range(4)),
+        ttft_p99_s=3.1,
+    )
+    d = run(signals, p)
+    assert d.action == "flip"
+    assert len(d.flips) == 1 and d.remove == () and d.add_prefill == 0
+    assert (d.prefill, d.decode) == (5, 3)
