@@ -66,10 +66,13 @@ class ClusterSpec:
     gpus_per_node: int = 8
     cpus_per_node: int = 64
     memory_per_node: str = "512Gi"
+    # Record every request of clients other than the cluster's own components in an
+    # audit log (logs/audit.log, JSON lines): scale benchmarks count an operator's calls.
+    audit: bool = False
 
     def __post_init__(self) -> None:
-        if not 1 <= self.nodes <= 500:
-            raise ValueError(f"nodes must be between 1 and 500, got {self.nodes}")
+        if not 1 <= self.nodes <= 2000:
+            raise ValueError(f"nodes must be between 1 and 2000, got {self.nodes}")
         if not 0 <= self.gpus_per_node <= 64:
             raise ValueError(f"gpus_per_node must be between 0 and 64, got {self.gpus_per_node}")
         if self.cpus_per_node < 1:
@@ -130,6 +133,14 @@ class Layout:
 
     def log(self, component: str) -> Path:
         return self.logs / f"{component}.log"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs / "audit.log"
+
+    @property
+    def audit_policy(self) -> Path:
+        return self.state_dir / "audit-policy.yaml"
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,7 @@ def component_args(
             # No kubelets and one apiserver: nobody needs the `kubernetes` Endpoints.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            *_audit_args(spec, layout),
         ],
         "kube-controller-manager": [
             str(b / "kube-controller-manager"),
@@ -245,6 +257,31 @@ def component_args(
             "--node-lease-duration-seconds=40",
         ],
     }
+
+
+# The cluster's own components (and what they run as) are left out of the audit log.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    users: [kwok-controller, system:kube-controller-manager, system:kube-scheduler]
+  - level: None
+    userGroups: [system:serviceaccounts, system:nodes]
+  - level: Metadata
+"""
+
+
+def _audit_args(spec: ClusterSpec, layout: Layout) -> list[str]:
+    if not spec.audit:
+        return []
+    return [
+        f"--audit-policy-file={layout.audit_policy}",
+        f"--audit-log-path={layout.audit_log}",
+        "--audit-log-format=json",
+        "--audit-log-maxsize=2000",  # MB: one file for a whole benchmark run
+        "--audit-log-maxbackup=1",
+    ]
 
 
 def token_csv(tokens: Tokens) -> str:
@@ -590,6 +627,8 @@ def _start_unlocked(spec: ClusterSpec, started_by: str, deadline: float) -> Clus
     ports = Ports(*free_ports(6))
     tokens = Tokens(*(secrets.token_hex(16) for _ in range(5)))
     layout.token_file.write_text(token_csv(tokens))
+    if spec.audit:
+        layout.audit_policy.write_text(AUDIT_POLICY)
     layout.token_file.chmod(0o600)
     server = f"https://127.0.0.1:{ports.apiserver}"
     ca_file = layout.pki / "ca.crt"
