@@ -322,6 +322,107 @@ class Traffic(_Model):
         return self
 
 
+def _default_of(model: type[_Model]) -> dict[str, JsonValue]:
+    """The object's defaults in full: the API server checks a default against the CEL rules
+    as it stands, before the defaults of its own fields would fill it in."""
+    return {"default": model().model_dump(by_alias=True, exclude_none=True, mode="json")}
+
+
+def _at_least(field: str, floor: str) -> dict[str, JsonValue]:
+    return {
+        "x-kubernetes-validations": [
+            {
+                "rule": f"duration(self) >= duration('{floor}')",
+                "message": f"{field} must be at least {floor}",
+            }
+        ]
+    }
+
+
+def _min_duration(floor: float, field: str) -> Any:
+    def check(text: str) -> str:
+        if parse_duration(text) < floor:
+            raise ValueError(f"{field} must be at least {floor:g}s, got {text!r}")
+        return text
+
+    return AfterValidator(check)
+
+
+def _checked_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+#: A duration that may be zero (stabilization windows, cooldown).
+Window = Annotated[
+    str, Field(pattern=_DURATION_PATTERN, max_length=32), AfterValidator(_checked_duration)
+]
+ScrapeInterval = Annotated[
+    str,
+    Field(pattern=_DURATION_PATTERN, max_length=32, json_schema_extra=_at_least("interval", "1s")),
+    _min_duration(1.0, "spec.autoscaling.metrics.interval"),
+]
+RateWindow = Annotated[
+    str,
+    Field(pattern=_DURATION_PATTERN, max_length=32, json_schema_extra=_at_least("window", "1s")),
+    _min_duration(1.0, "spec.autoscaling.metrics.prometheus.window"),
+]
+
+
+class PrometheusSource(_Model):
+    """A Prometheus HTTP API that already scrapes the pool (the chart's PodMonitor labels
+    every series with `namespace`, `pod`, `pool` and `role`)."""
+
+    url: str = Field(
+        max_length=1024,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="Base URL of the Prometheus HTTP API, e.g. http://prometheus.monitoring:9090.",
+    )
+    window: RateWindow = Field(
+        default="1m",
+        description="Range of rate() and histogram_quantile(); at least twice Prometheus' "
+        "own scrape interval.",
+    )
+
+
+_PROMETHEUS_NEEDED: dict[str, JsonValue] = {
+    "x-kubernetes-validations": [
+        {
+            "rule": "self.source != 'prometheus' || has(self.prometheus)",
+            "message": "spec.autoscaling.metrics.prometheus is required when source is prometheus",
+            "fieldPath": ".prometheus",
+            "reason": "FieldValueRequired",
+        }
+    ]
+}
+
+
+class ScalingMetrics(_Model):
+    """Where the scaling loop reads its signals, and how often it decides."""
+
+    model_config = ConfigDict(json_schema_extra=_PROMETHEUS_NEEDED)
+
+    source: Literal["scrape", "prometheus"] = Field(
+        default="scrape",
+        description="scrape: the operator reads the router and worker pods' /metrics itself "
+        "(no Prometheus needed); prometheus: it queries the Prometheus HTTP API below.",
+    )
+    interval: ScrapeInterval = Field(
+        default="15s",
+        description="Period of the scaling loop; with source scrape also the window the "
+        "rates and percentiles cover (two scrapes this far apart).",
+    )
+    prometheus: PrometheusSource | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> ScalingMetrics:
+        if self.source == "prometheus" and self.prometheus is None:
+            raise ValueError(
+                "spec.autoscaling.metrics.prometheus is required when source is prometheus"
+            )
+        return self
+
+
 class Autoscaling(_Model):
     enabled: bool = Field(default=False, description="Let the operator move capacity.")
     max_gpus: int | None = Field(
@@ -331,6 +432,66 @@ class Autoscaling(_Model):
     tpot_p99: TpotP99 | None = Field(default=None, alias="tpotP99")
     role_switching: bool = Field(
         default=False, alias="roleSwitching", description="Flip pods between roles in budget."
+    )
+    target_busy_percent: int = Field(
+        default=80,
+        alias="targetBusyPercent",
+        ge=1,
+        le=100,
+        description="Busy fraction of the prefill workers (percent of wall time with model "
+        "work) at which their pressure is 1.",
+    )
+    target_kv_usage_percent: int = Field(
+        default=80,
+        alias="targetKVUsagePercent",
+        ge=1,
+        le=100,
+        description="KV-block usage of the decode workers (percent) at which their pressure is 1.",
+    )
+    tolerance_percent: int = Field(
+        default=10,
+        alias="tolerancePercent",
+        ge=0,
+        le=99,
+        description="A pressure within this many percent of 1 changes nothing (HPA: 10).",
+    )
+    scale_up_window: Window = Field(
+        default="30s",
+        alias="scaleUpWindow",
+        description="A role grows only to the least size recommended over this window.",
+    )
+    scale_down_window: Window = Field(
+        default="2m",
+        alias="scaleDownWindow",
+        description="A role shrinks (or gives a worker in a flip) only to the largest size "
+        "recommended over this window.",
+    )
+    cooldown: Window = Field(
+        default="30s", description="No new change sooner than this after the last one."
+    )
+    min_requests: int = Field(
+        default=20,
+        alias="minRequests",
+        ge=0,
+        le=1000000,
+        description="Finished requests a window needs before TTFT/TPOT percentiles count.",
+    )
+    scale_up_step: int = Field(
+        default=4,
+        alias="scaleUpStep",
+        ge=1,
+        le=1024,
+        description="Growth per decision: at most max(this, the role's current size) workers.",
+    )
+    scale_down_percent: int = Field(
+        default=25,
+        alias="scaleDownPercent",
+        ge=1,
+        le=100,
+        description="Shrink or flips per decision: at most max(1, this percent of the role).",
+    )
+    metrics: ScalingMetrics = Field(
+        default_factory=ScalingMetrics, json_schema_extra=_default_of(ScalingMetrics)
     )
 
 
@@ -353,12 +514,6 @@ _BUDGET_RULE: dict[str, JsonValue] = {
         }
     ]
 }
-
-
-def _default_of(model: type[_Model]) -> dict[str, JsonValue]:
-    """The object's defaults in full: the API server checks a default against the CEL rules
-    as it stands, before the defaults of its own fields would fill it in."""
-    return {"default": model().model_dump(by_alias=True, exclude_none=True, mode="json")}
 
 
 class InferencePoolSpec(_Model):
@@ -427,10 +582,14 @@ class ReplicaStatus(_Model):
 
 
 class LastScaling(_Model):
+    """The last scaling decision that changed something: the operator sizes the pool from
+    these counts (they are its desired state), so a restart resumes where it was."""
+
     time: str | None = None
     prefill: int | None = Field(default=None, ge=0)
     decode: int | None = Field(default=None, ge=0)
     reason: str | None = None
+    action: str | None = Field(default=None, description="scale or flip")
 
 
 class InferencePoolStatus(_Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import tandem
 
@@ -18,6 +19,7 @@ class OperatorConfig:
     liveness: str | None
     metrics_port: int
     kubeconfig: str | None
+    pod_addresses: str | None = None  # JSON file of pod -> address overrides
 
     def __post_init__(self) -> None:
         if not self.default_image:
@@ -47,6 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus port; 0 disables")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster)")
+    parser.add_argument(
+        "--pod-addresses",
+        default=None,
+        metavar="FILE",
+        help="JSON file mapping <namespace>/<pod> to {grpc, metrics} addresses, for an "
+        "operator that cannot reach pod IPs (see tandem/operator/addresses.py); re-read "
+        "when it changes",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -58,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
             liveness=args.liveness,
             metrics_port=args.metrics_port,
             kubeconfig=args.kubeconfig,
+            pod_addresses=args.pod_addresses,
         )
     except ValueError as exc:
         raise SystemExit(f"tandem operator: {exc}") from None
@@ -84,6 +95,7 @@ def run(config: OperatorConfig) -> int:
             default_image=config.default_image,
             kubeconfig=config.kubeconfig,
             namespaces=config.namespaces,
+            pod_addresses=Path(config.pod_addresses) if config.pod_addresses else None,
         ),
     )
     return 0

@@ -42,13 +42,17 @@ def worker_service(pool: PoolRef, role: str) -> Manifest:
     }
 
 
-def disruption_budget(pool: PoolRef, role: str) -> Manifest:
-    """At most one pod of a role down for voluntary disruptions (node drains)."""
+def disruption_budget(pool: PoolRef, role: str, limit: Manifest | None = None) -> Manifest:
+    """At most one pod of a role down for voluntary disruptions (node drains); `limit`
+    replaces `maxUnavailable: 1` (an autoscaled pool's `minAvailable`)."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": metadata(pool, role),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(pool, role)}},
+        "spec": {
+            **(limit or {"maxUnavailable": 1}),
+            "selector": {"matchLabels": selector(pool, role)},
+        },
     }
 
 

@@ -16,18 +16,23 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, cast
 
+import aiohttp
 import kopf
 
 from tandem.api import v1alpha1 as api
-from tandem.operator import metrics
+from tandem.operator import metrics, scaling
+from tandem.operator.addresses import AddressBook, AddressFileError
 from tandem.operator.kube import OWNED_KINDS, Kube, KubeError, api_client
-from tandem.operator.objects import POOL_LABEL
+from tandem.operator.objects import POOL_LABEL, PoolRef
 from tandem.operator.pool import InvalidSpec, parse_spec, pool_ref
-from tandem.operator.reconcile import Desired, Observed, Plan, reconcile
+from tandem.operator.reconcile import Desired, Event, Observed, Plan, reconcile
+from tandem.operator.scaling_policy import autoscaled, loop_settings
+from tandem.operator.signal_views import worker_pods
 from tandem.operator.status import invalid_spec_status, with_transition_times
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 120.0
+SCALING_RETRY_S = 5.0  # after a failed scaling pass, or while a pool is not autoscaled
 
 
 def _as_body(body: Mapping[str, Any]) -> kopf.Body:
@@ -55,6 +60,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings.scanning.disabled = True
     memo.kube = Kube(await asyncio.to_thread(api_client, memo.get("kubeconfig")))
     memo.locks = defaultdict(asyncio.Lock)
+    memo.addresses = AddressBook(memo.get("pod_addresses"))
 
 
 async def _run(plan: Plan, kube: Kube, body: Mapping[str, Any]) -> None:
@@ -91,7 +97,8 @@ async def converge(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
             raise kopf.PermanentError(str(exc)) from None
         try:
             objects = await asyncio.to_thread(kube.owned, pool)
-            observed = Observed(objects, body.get("status") or {}, _now())
+            pods = await asyncio.to_thread(kube.pods, pool) if autoscaled(spec) else []
+            observed = Observed(objects, body.get("status") or {}, _now(), worker_pods(pods))
             plan = reconcile(Desired(pool, spec, memo.default_image), observed)
             await _run(plan, kube, body)
         except KubeError as exc:
@@ -115,6 +122,59 @@ async def pool_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def pool_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # A safety net for missed watch events; converge is cheap when nothing changed.
     await converge(memo, body)
+
+
+def _autoscaling_on(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, when=_autoscaling_on, cancellation_timeout=5.0)
+async def scaling_loop(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped,
+                       **_: Any) -> None:  # fmt: skip
+    """The periodic, level-triggered scaling loop of one autoscaled pool."""
+    pool = pool_ref(body)
+    memory = scaling.PoolMemory()
+    async with aiohttp.ClientSession() as session:
+        while not stopped:
+            interval = await _scaling_pass(memo, pool, memory, session, body)
+            await stopped.wait(interval)
+
+
+async def _scaling_pass(
+    memo: kopf.Memo,
+    pool: PoolRef,
+    memory: scaling.PoolMemory,
+    session: aiohttp.ClientSession,
+    body: kopf.Body,
+) -> float:
+    """One pass under the pool's lock, then a reconcile if it changed something; the
+    seconds until the next pass."""
+    kube: Kube = memo.kube
+
+    def post(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+    try:
+        async with memo.locks[(pool.namespace, pool.name)]:
+            fresh = await asyncio.to_thread(kube.get_pool, pool.namespace, pool.name)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return SCALING_RETRY_S
+            spec = parse_spec(fresh)
+            if not autoscaled(spec):
+                return SCALING_RETRY_S
+            tools = scaling.Tools(kube, memo.addresses, session, post)
+            changed = await scaling.tick(tools, memory, pool_ref(fresh), spec,
+                                         fresh.get("status") or {})  # fmt: skip
+        if changed:
+            fresh = await asyncio.to_thread(kube.get_pool, pool.namespace, pool.name)
+            if fresh is not None:
+                await converge(memo, fresh)
+        return loop_settings(spec).interval_s
+    except (InvalidSpec, kopf.PermanentError, kopf.TemporaryError) as exc:
+        log.warning("pool %s/%s: scaling pass skipped: %s", pool.namespace, pool.name, exc)
+    except (KubeError, AddressFileError) as exc:
+        log.warning("pool %s/%s: scaling pass failed: %s", pool.namespace, pool.name, exc)
+    return SCALING_RETRY_S
 
 
 def _owner(body: Mapping[str, Any]) -> str | None:

@@ -8,7 +8,7 @@ which says whether retrying later can help.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubernetes import client as k8s
@@ -154,3 +154,38 @@ class Kube:
             )
         except NotFoundError:
             return  # the pool is being deleted; nothing to report on
+
+    def pods(self, pool: PoolRef) -> list[Manifest]:
+        """The pool's pods (routers and workers), by the pool label."""
+        listing = self._request(
+            "get",
+            _path("/api/v1", "pods", pool.namespace),
+            label_selector=f"{POOL_LABEL}={pool.name}",
+        )
+        return list(listing.get("items") or ())
+
+    def patch_pod(
+        self,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str | None] | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Merge-patch a pod's labels and annotations (None removes a key)."""
+        meta: dict[str, Any] = {}
+        if labels:
+            meta["labels"] = dict(labels)
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        self._request(
+            "patch",
+            _path("/api/v1", "pods", namespace, name),
+            body={"metadata": meta},
+            content_type="application/merge-patch+json",
+        )
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self._request("delete", _path("/api/v1", "pods", namespace, name))
+        except NotFoundError:
+            return

@@ -7,15 +7,17 @@ server-side apply, deletes, one status patch and Events.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from tandem.api import v1alpha1 as api
+from tandem.operator.layout import scale_of
 from tandem.operator.objects import Manifest, PoolRef
 from tandem.operator.render import render, replicas_of
-from tandem.operator.status import pool_status, with_transition_times
+from tandem.operator.scaling_policy import autoscaled
+from tandem.operator.status import keep_scaling_conditions, pool_status, with_transition_times
 
 ObjectKey = tuple[str, str]  # (kind, name): unique among what a pool owns
 
@@ -38,6 +40,7 @@ class Observed:
     objects: Mapping[ObjectKey, Manifest]
     status: Mapping[str, Any]
     now: str  # RFC 3339, for condition transition times
+    pods: Sequence[Manifest] = ()  # the pool's worker pods (read for autoscaled pools only)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,9 @@ class Plan:
 
 
 def reconcile(desired: Desired, observed: Observed) -> Plan:
-    manifests = render(desired.pool, desired.spec, desired.default_image)
+    scaled = autoscaled(desired.spec)
+    scale = scale_of(desired.spec, observed.status, observed.pods) if scaled else None
+    manifests = render(desired.pool, desired.spec, desired.default_image, scale)
     wanted = {key_of(m) for m in manifests}
     create = [m for m in manifests if key_of(m) not in observed.objects]
     update = [
@@ -65,12 +70,18 @@ def reconcile(desired: Desired, observed: Observed) -> Plan:
         if key_of(m) in observed.objects and not contains(observed.objects[key_of(m)], m)
     ]
     delete = tuple(sorted(k for k in observed.objects if k not in wanted))
+    counts = replicas_of(desired.spec)
+    if scale is not None:
+        counts.update(prefill=scale.desired.prefill, decode=scale.desired.decode)
     status = pool_status(
         desired.pool.generation,
-        replicas_of(desired.spec),
+        counts,
         observed.objects,
         changing=bool(create or update or delete),
+        pods=observed.pods if scaled else None,
     )
+    if scaled:
+        status = keep_scaling_conditions(status, observed.status)
     status = with_transition_times(status, observed.status, observed.now)
     changed = {key_of(m) for m in create + update}
     return Plan(

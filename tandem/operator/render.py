@@ -20,8 +20,10 @@ from tandem.operator.companions import (
     router_service,
     worker_service,
 )
+from tandem.operator.layout import WORKER_ROLES, Scale, budget, scale_of
 from tandem.operator.objects import Manifest, PoolRef
-from tandem.operator.workload import router_deployment, worker_deployment
+from tandem.operator.scaling_policy import autoscaled
+from tandem.operator.workload import flexible_deployment, router_deployment, worker_deployment
 
 #: A digest of everything a manifest sets. `reconcile` compares manifests with the live
 #: objects as subsets (the API server adds defaults), so a field the spec no longer sets
@@ -38,10 +40,20 @@ def replicas_of(spec: api.InferencePoolSpec) -> dict[str, int]:
     }
 
 
-def render(pool: PoolRef, spec: api.InferencePoolSpec, default_image: str) -> tuple[Manifest, ...]:
-    """All owned objects, in an order that lets pods start cleanly (RBAC, Services first)."""
+def render(
+    pool: PoolRef,
+    spec: api.InferencePoolSpec,
+    default_image: str,
+    scale: Scale | None = None,
+) -> tuple[Manifest, ...]:
+    """All owned objects, in an order that lets pods start cleanly (RBAC, Services first).
+    An autoscaled pool gets the layout of `tandem.operator.layout`, sized by `scale`
+    (from its status and pods; the spec's replicas before the first decision)."""
     objects: list[Manifest] = [*router_rbac(pool), router_service(pool)]
     objects += [worker_service(pool, role) for role in ("prefill", "decode")]
+    if autoscaled(spec):
+        objects += _autoscaled_workers(pool, spec, default_image, scale or scale_of(spec, {}, ()))
+        return tuple(_stamped(m) for m in objects)
     objects += [
         worker_deployment(pool, spec, "prefill", default_image),
         worker_deployment(pool, spec, "decode", default_image),
@@ -51,6 +63,24 @@ def render(pool: PoolRef, spec: api.InferencePoolSpec, default_image: str) -> tu
         disruption_budget(pool, role) for role, count in replicas_of(spec).items() if count >= 2
     ]
     return tuple(_stamped(m) for m in objects)
+
+
+def _autoscaled_workers(
+    pool: PoolRef, spec: api.InferencePoolSpec, image: str, scale: Scale
+) -> list[Manifest]:
+    out = [
+        worker_deployment(pool, spec, "prefill", image, scale.fixed.prefill),
+        worker_deployment(pool, spec, "decode", image, scale.fixed.decode),
+        flexible_deployment(pool, spec, image, scale.flexible),
+    ]
+    for role in WORKER_ROLES:
+        limit = budget(role, scale.desired)
+        if limit is not None:
+            out.append(disruption_budget(pool, role, limit))
+    out.append(router_deployment(pool, spec, image))
+    if spec.router.replicas >= 2:
+        out.append(disruption_budget(pool, "router"))
+    return out
 
 
 def _stamped(manifest: Manifest) -> Manifest:

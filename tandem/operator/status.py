@@ -7,12 +7,13 @@ observedGeneration) so `kubectl wait --for=condition=Ready` works.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tandem.operator.objects import Manifest
+from tandem.operator.objects import ROLE_LABEL, Manifest
 
 ROLES = ("prefill", "decode", "router")
+SIGNALS_DOWN = "SignalsUnavailable"  # Degraded reason owned by the scaling loop
 
 
 def _role_state(desired: int, deployment: Manifest | None) -> dict[str, Any]:
@@ -49,19 +50,49 @@ def condition(kind: str, ok: bool, reason: str, message: str, generation: int) -
     }
 
 
+def _pod_ready(pod: Manifest) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _pod_role_state(
+    desired: int, role: str, pods: Sequence[Manifest], deployments: list[Manifest | None]
+) -> dict[str, Any]:
+    """A worker role of an autoscaled pool: its pods belong to two Deployments (fixed and
+    flexible), so the counts come from the pods' role labels."""
+    ready = sum(
+        1
+        for p in pods
+        if (p["metadata"].get("labels") or {}).get(ROLE_LABEL) == role
+        and not p["metadata"].get("deletionTimestamp")
+        and _pod_ready(p)
+    )
+    states = [_role_state(0, d) for d in deployments]
+    current = all(s["settled"] for s in states)  # desired 0: present and observed
+    failure = next((s["failure"] for s in states if s["failure"]), None)
+    return {"desired": desired, "ready": ready, "settled": current and ready >= desired,
+            "failure": failure}  # fmt: skip
+
+
 def pool_status(
     generation: int,
     desired: Mapping[str, int],
     objects: Mapping[tuple[str, str], Manifest],
     changing: bool,
+    pods: Sequence[Manifest] | None = None,
 ) -> dict[str, Any]:
-    """Status from the owned Deployments; `changing` says this pass applies or deletes."""
+    """Status from the owned Deployments; `changing` says this pass applies or deletes.
+    With `pods` (an autoscaled pool), worker counts follow the pods' role labels."""
     deployments = {
         name.rsplit("-", 1)[-1]: obj
         for (kind, name), obj in objects.items()
         if kind == "Deployment"
     }
     states = {role: _role_state(desired[role], deployments.get(role)) for role in ROLES}
+    if pods is not None:
+        for role in ("prefill", "decode"):
+            owners = [deployments.get(role), deployments.get("flexible")]
+            states[role] = _pod_role_state(desired[role], role, pods, owners)
     counts = ", ".join(f"{r} {s['ready']}/{s['desired']}" for r, s in states.items())
     failures = [f"{r}: {s['failure']}" for r, s in states.items() if s["failure"]]
     settled = all(s["settled"] for s in states.values())
@@ -122,3 +153,22 @@ def with_transition_times(
         stamp = old.get("lastTransitionTime") if same and old else None
         conditions.append({**c, "lastTransitionTime": stamp or now})
     return {**status, "conditions": conditions}
+
+
+def keep_scaling_conditions(
+    status: Mapping[str, Any], previous: Mapping[str, Any]
+) -> dict[str, Any]:
+    """For the reconcile pass of an autoscaled pool: carry the scaling loop's conditions
+    (ScalingLimited; Degraded while signals are down and no Deployment fails) over."""
+    before = {c.get("type"): c for c in previous.get("conditions") or ()}
+    out = []
+    for c in status.get("conditions") or ():
+        old = before.get(c["type"])
+        signals_down = old is not None and old.get("reason") == SIGNALS_DOWN
+        if c["type"] == "Degraded" and c["status"] == "False" and signals_down:
+            out.append(dict(old))  # type: ignore[arg-type]
+        else:
+            out.append(dict(c))
+    if "ScalingLimited" in before:
+        out.append(dict(before["ScalingLimited"]))
+    return {**status, "conditions": out}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tandem.api import v1alpha1 as api
 from tandem.env import TANDEM_POD_NAME, TANDEM_POD_NAMESPACE, TANDEM_POOL
+from tandem.operator.layout import START_ROLE, flexible_pod_labels, flexible_selector
 from tandem.operator.objects import (
     GPU_RESOURCE,
     METRICS_PORT,
@@ -145,9 +146,36 @@ def router_args(pool: PoolRef, spec: api.InferencePoolSpec, model_path: str) -> 
 
 
 def worker_deployment(
-    pool: PoolRef, spec: api.InferencePoolSpec, role: str, image: str
+    pool: PoolRef,
+    spec: api.InferencePoolSpec,
+    role: str,
+    image: str,
+    replicas: int | None = None,
 ) -> Manifest:
+    """One role's Deployment; `replicas` overrides the spec's (an autoscaled pool's sizes)."""
     role_spec: api.RoleSpec = spec.prefill if role == "prefill" else spec.decode
+    pod = _worker_pod(pool, spec, role, role_spec, image)
+    count = role_spec.replicas if replicas is None else replicas
+    return _deployment(pool, role, count, pod, max_surge=0)
+
+
+def flexible_deployment(
+    pool: PoolRef, spec: api.InferencePoolSpec, image: str, replicas: int
+) -> Manifest:
+    """The flexible workers of an autoscaled pool (see tandem.operator.layout): the
+    decode role's pod shape (flexible pods move between roles, so both roles' placement
+    must fit them; the decode spec is the one used), role label `pending` until the
+    operator assigns one, and a selector without the role label."""
+    pod = _worker_pod(pool, spec, START_ROLE, spec.decode, image)
+    pod["metadata"]["labels"] = flexible_pod_labels(pod["metadata"]["labels"])
+    deploy = _deployment(pool, "flexible", replicas, pod, max_surge=0)
+    deploy["spec"]["selector"] = {"matchLabels": flexible_selector(pool.name)}
+    return deploy
+
+
+def _worker_pod(
+    pool: PoolRef, spec: api.InferencePoolSpec, role: str, role_spec: api.RoleSpec, image: str
+) -> Manifest:
     volume = model_volume(spec.model.uri)
     container = _container(
         spec,
@@ -162,8 +190,7 @@ def worker_deployment(
     if resources:
         container["resources"] = resources
     # Draining in-flight requests takes up to a long completion; give it time.
-    pod = _pod(pool, role, role_spec, container, volume, {"terminationGracePeriodSeconds": 120})
-    return _deployment(pool, role, role_spec.replicas, pod, max_surge=0)
+    return _pod(pool, role, role_spec, container, volume, {"terminationGracePeriodSeconds": 120})
 
 
 def router_deployment(pool: PoolRef, spec: api.InferencePoolSpec, image: str) -> Manifest:

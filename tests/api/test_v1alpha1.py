@@ -73,6 +73,22 @@ def test_examples_parse(path: Path) -> None:
         ),
         (with_("autoscaling.ttftP99", "0s"), "ttftP99"),
         (with_("autoscaling.tpotP99", "fast"), "tpotP99"),
+        (with_("autoscaling.metrics", {"source": "prometheus"}), "metrics.prometheus"),
+        (with_("autoscaling.metrics", {"interval": "500ms"}), "metrics.interval"),
+        (
+            with_(
+                "autoscaling.metrics", {"source": "prometheus", "prometheus": {"url": "prom:9090"}}
+            ),
+            "url",
+        ),
+        (with_("autoscaling.targetBusyPercent", 0), "targetBusyPercent"),
+        (with_("autoscaling.targetKVUsagePercent", 101), "targetKVUsagePercent"),
+        (with_("autoscaling.tolerancePercent", 100), "tolerancePercent"),
+        (with_("autoscaling.scaleUpWindow", "soon"), "scaleUpWindow"),
+        (with_("autoscaling.cooldown", "-5s"), "cooldown"),
+        (with_("autoscaling.scaleUpStep", 0), "scaleUpStep"),
+        (with_("autoscaling.scaleDownPercent", 0), "scaleDownPercent"),
+        (with_("autoscaling.scaleDownWindow", "0s"), None),  # zero windows are allowed
         (
             with_("traffic.priorityClasses", [{"name": "a", "priority": 1, "ttftSLO": "0ms"}]),
             "ttftSLO",
@@ -85,7 +101,10 @@ def test_examples_parse(path: Path) -> None:
         (with_("kvTransfer.transport", "carrier-pigeon"), "transport"),
         (with_("router.bogus", 1), "bogus"),
         # Tolerations the API server would refuse in the Deployment's pod template.
-        (with_("decode.tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}]), "value"),
+        (
+            with_("decode.tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}]),
+            "value",
+        ),
         (with_("prefill.tolerations", [{"operator": "Equal", "value": "x"}]), "key"),
         (with_("router.tolerations", [{"key": "k", "tolerationSeconds": 30}]), "tolerationSeconds"),
     ],
