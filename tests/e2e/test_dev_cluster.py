@@ -30,7 +30,7 @@ def _spec(**kw: Any) -> Any:
     ("kw", "message"),
     [
         ({"nodes": 0}, "nodes"),
-        ({"nodes": 501}, "nodes"),
+        ({"nodes": 2001}, "nodes"),
         ({"gpus_per_node": -1}, "gpus_per_node"),
         ({"cpus_per_node": 0}, "cpus_per_node"),
     ],
