@@ -19,6 +19,7 @@ from tandem.worker.config import EngineConfig
 from tandem.worker.engine import Engine
 from tandem.worker.errors import Draining, UnknownRequest
 from tandem.worker.outputs import KVChunk, LoadInfo, ModelInfo, Reservation, StepOutput
+from tandem.worker.request import NO_URGENCY, Urgency
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,21 @@ class AsyncEngine:
 
     # ----- requests ------------------------------------------------------
     async def generate(
-        self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        urgency: Urgency = NO_URGENCY,
     ) -> AsyncIterator[StepOutput]:
         """Colocated generation; the last output has finished=True. Stopping
         the iteration early aborts the request and frees its blocks."""
         q = self._open(request_id)
         try:
-            self._submit(lambda: self._engine.add_request(request_id, prompt_token_ids, params))
+            self._submit(
+                lambda: self._engine.add_request(
+                    request_id, prompt_token_ids, params, urgency=urgency
+                )
+            )
         except BaseException:
             self._streams.pop(request_id, None)
             raise
@@ -138,6 +147,7 @@ class AsyncEngine:
         params: SamplingParams,
         kv_sink: Callable[[KVChunk], None],
         skip_blocks: int = 0,
+        urgency: Urgency = NO_URGENCY,
     ) -> StepOutput:
         """Run the prompt, hand KV to `kv_sink` layer by layer (called on the
         engine thread: it must only enqueue), return the first token."""
@@ -145,7 +155,12 @@ class AsyncEngine:
         try:
             self._submit(
                 lambda: self._engine.add_request(
-                    request_id, prompt_token_ids, params, kv_sink=kv_sink, skip_blocks=skip_blocks
+                    request_id,
+                    prompt_token_ids,
+                    params,
+                    kv_sink=kv_sink,
+                    skip_blocks=skip_blocks,
+                    urgency=urgency,
                 )
             )
         except BaseException:
@@ -158,10 +173,16 @@ class AsyncEngine:
         return last
 
     def reserve(
-        self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        urgency: Urgency = NO_URGENCY,
     ) -> Reservation:
         self._check_alive()
-        return self._submit(lambda: self._engine.reserve(request_id, prompt_token_ids, params))  # type: ignore[return-value]
+        return self._submit(
+            lambda: self._engine.reserve(request_id, prompt_token_ids, params, urgency)
+        )  # type: ignore[return-value]
 
     def import_kv(self, chunk: KVChunk) -> None:
         """Thread-safe: transports call this from their own threads."""

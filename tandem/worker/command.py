@@ -43,6 +43,10 @@ class WorkerConfig:
     drain_timeout_s: float = 30.0  # SIGTERM waits this long for in-flight work
     load_format: str = "safetensors"  # or "dummy": random weights (benchmarks)
     max_model_len: int | None = None  # cap the context below the model's own limit
+    scheduling_policy: str = "priority"  # or "fcfs": arrival order, priorities ignored
+    priority_aging_s: float = 30.0
+    tpot_slo_s: float | None = None
+    min_prefill_tokens: int = 16
 
     def __post_init__(self) -> None:
         if not (Path(self.model) / "config.json").is_file():
@@ -63,6 +67,12 @@ class WorkerConfig:
             raise ValueError(f"--kv-streams: must be >= 1, got {self.kv_streams}")
         if self.drain_timeout_s < 0:
             raise ValueError(f"--drain-timeout: must be >= 0, got {self.drain_timeout_s}")
+        if self.tpot_slo_s is not None and not self.tpot_slo_s > 0:
+            raise ValueError(f"--tpot-slo: must be > 0 seconds, got {self.tpot_slo_s}")
+        if not self.priority_aging_s > 0:
+            raise ValueError(f"--priority-aging: must be > 0 seconds, got {self.priority_aging_s}")
+        if self.min_prefill_tokens < 1:
+            raise ValueError(f"--min-prefill-tokens: must be >= 1, got {self.min_prefill_tokens}")
         self.engine_config()  # the engine's own checks (block size, batch size, ...)
 
     def engine_config(self) -> EngineConfig:
@@ -78,6 +88,10 @@ class WorkerConfig:
             role=self.role,
             load_format=self.load_format,
             max_model_len=self.max_model_len,
+            scheduling_policy=self.scheduling_policy,  # type: ignore[arg-type]
+            priority_aging_s=self.priority_aging_s,
+            tpot_slo_s=self.tpot_slo_s,
+            min_prefill_tokens=self.min_prefill_tokens,
         )
 
 
@@ -122,7 +136,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="safetensors",
         help="dummy: random weights of the config's shape, no *.safetensors needed (benchmarks)",
     )
+    _traffic_flags(p)
     p.set_defaults(func=_run)
+
+
+def _traffic_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("traffic control inside the engine")
+    g.add_argument(
+        "--scheduling-policy",
+        choices=("priority", "fcfs"),
+        default="priority",
+        help="priority: by request priority, then deadline, then arrival; fcfs: arrival only",
+    )
+    g.add_argument(
+        "--priority-aging",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a request this long in the engine is served ahead of all younger ones (starvation bound)",
+    )
+    g.add_argument(
+        "--tpot-slo",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time per output token to keep for running decodes: caps the prefill share of each "
+        "step, from step times measured online (default: no cap)",
+    )
+    g.add_argument(
+        "--min-prefill-tokens",
+        type=int,
+        default=16,
+        metavar="N",
+        help="prefill tokens per step even when the decodes alone use up --tpot-slo",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
@@ -142,6 +189,10 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         drain_timeout_s=args.drain_timeout,
         load_format=args.load_format,
         max_model_len=args.max_model_len,
+        scheduling_policy=args.scheduling_policy,
+        priority_aging_s=args.priority_aging,
+        tpot_slo_s=args.tpot_slo,
+        min_prefill_tokens=args.min_prefill_tokens,
     )
 
 

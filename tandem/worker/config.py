@@ -26,6 +26,11 @@ class EngineConfig:
     reservation_ttl_s: float = 60.0  # unclaimed decode reservations are freed after this
     load_format: str = "safetensors"  # or "dummy": random weights of the config's shape (benchmarks)
     cuda_graph_max_batch: int = 128  # decode steps up to this batch replay CUDA graphs; 0 = eager
+    # Traffic control (tandem.worker.scheduler, tandem.worker.step_budget).
+    scheduling_policy: Literal["priority", "fcfs"] = "priority"
+    priority_aging_s: float = 30.0  # after this long in the engine a request goes ahead of younger ones
+    tpot_slo_s: float | None = None  # caps prefill next to running decodes; None = no cap
+    min_prefill_tokens: int = 16  # prefill tokens per step even when decodes use up the TPOT SLO
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -42,5 +47,13 @@ class EngineConfig:
             raise ValueError(f"load_format must be safetensors or dummy, got {self.load_format!r}")
         if self.cuda_graph_max_batch < 0:
             raise ValueError(f"cuda_graph_max_batch must be >= 0, got {self.cuda_graph_max_batch}")
+        if self.scheduling_policy not in ("priority", "fcfs"):
+            raise ValueError(f"scheduling_policy must be priority or fcfs, got {self.scheduling_policy!r}")
+        if not self.priority_aging_s > 0:
+            raise ValueError(f"priority_aging_s must be > 0, got {self.priority_aging_s}")
+        if self.tpot_slo_s is not None and not self.tpot_slo_s > 0:
+            raise ValueError(f"tpot_slo_s must be > 0, got {self.tpot_slo_s}")
+        if self.min_prefill_tokens < 1:
+            raise ValueError(f"min_prefill_tokens must be >= 1, got {self.min_prefill_tokens}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

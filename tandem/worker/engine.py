@@ -24,9 +24,10 @@ from tandem.worker.config import EngineConfig
 from tandem.worker.errors import Draining, NoCapacity, UnknownRequest, WrongRole
 from tandem.worker.model_runner import ModelRunner
 from tandem.worker.outputs import KVChunk, LoadInfo, ModelInfo, Reservation, StepOutput
-from tandem.worker.request import Kind, Request, Status
+from tandem.worker.request import NO_URGENCY, Kind, Request, Status, Urgency
 from tandem.worker.sampler import SampleSpec
 from tandem.worker.scheduler import ScheduleOutput, Scheduler, SchedulerConfig
+from tandem.worker.step_budget import StepPolicy
 from tandem.worker.stops import StopChecker
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,13 @@ class Engine:
         self.max_model_len = self.runner.max_model_len
         self.pool = BlockPool(self.runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs),
+            SchedulerConfig(
+                config.max_num_batched_tokens,
+                config.max_num_seqs,
+                policy=config.scheduling_policy,
+                aging_s=config.priority_aging_s,
+                step=StepPolicy(config.tpot_slo_s, config.min_prefill_tokens),
+            ),
             self.pool,
         )
         tok_path = Path(config.model) / "tokenizer.json"
@@ -98,10 +105,11 @@ class Engine:
         *,
         kv_sink: KVSink | None = None,
         skip_blocks: int = 0,
+        urgency: Urgency = NO_URGENCY,
     ) -> None:
         """Queue a request. With `kv_sink`, it is a prefill-only request: it
         stops after the first token and its KV is handed to the sink layer by
-        layer as it is computed."""
+        layer as it is computed. `urgency` orders it in the scheduler."""
         if self.draining:
             raise Draining("engine is draining")
         kind = Kind.PREFILL_ONLY if kv_sink is not None else Kind.FULL
@@ -111,6 +119,7 @@ class Engine:
             raise WrongRole("a decode worker does not run remote prefills")
         prompt = self._validate(request_id, prompt_token_ids)
         req = Request(request_id, prompt, self._with_eos(params), self._next_arrival(), kind=kind)
+        req.priority, req.deadline = urgency.priority, urgency.deadline
         if kv_sink is not None:
             self._sinks[request_id] = kv_sink
             req.kv_skip_blocks = req.kv_sent_blocks = max(0, skip_blocks)
@@ -197,6 +206,7 @@ class Engine:
             return self._fail(sched, f"engine step failed: {exc}")
         self.runner.synchronize()
         dt = time.perf_counter() - t0
+        self.scheduler.observe(sched, dt)
         metrics.BUSY_SECONDS.inc(dt)
         metrics.STEP_SECONDS.labels(phase).observe(dt)
         metrics.TOKENS.labels(phase).inc(sched.num_tokens)
@@ -294,7 +304,11 @@ class Engine:
 
     # ----- KV import (decode role) ---------------------------------------
     def reserve(
-        self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        urgency: Urgency = NO_URGENCY,
     ) -> Reservation:
         if self.draining:
             raise Draining("engine is draining")
@@ -312,6 +326,7 @@ class Engine:
             self.pool.free(hits)
             raise
         req = Request(request_id, prompt, self._with_eos(params), self._next_arrival(), kind=Kind.REMOTE_PREFILL)
+        req.priority = urgency.priority  # the first token is computed elsewhere: no deadline here
         req.status = Status.RESERVED
         req.block_ids = hits + fresh
         req.num_cached_tokens = len(hits) * bs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from tandem.sampling import SamplingParams
@@ -13,6 +14,19 @@ class Status(enum.Enum):
     RUNNING = "running"  # holds blocks, scheduled every step
     RESERVED = "reserved"  # decode role: blocks held, KV arriving from a prefill worker
     FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class Urgency:
+    """How urgent a request is (traffic control): higher priority first, then
+    the earlier deadline (time.monotonic() of this engine) by which the first
+    token is due."""
+
+    priority: int = 0
+    deadline: float = math.inf
+
+
+NO_URGENCY = Urgency()
 
 
 class Kind(enum.Enum):
@@ -40,6 +54,12 @@ class Request:
     # decode side has them), and exported blocks so far.
     kv_skip_blocks: int = 0
     kv_sent_blocks: int = 0
+    # Traffic control: higher priority is served first; the deadline (engine
+    # clock, time.monotonic) orders equal priorities; enqueued_at (set by the
+    # scheduler on admission) drives aging.
+    priority: int = 0
+    deadline: float = math.inf
+    enqueued_at: float = 0.0
 
     @property
     def num_prompt_tokens(self) -> int:

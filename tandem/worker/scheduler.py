@@ -1,37 +1,65 @@
-"""Continuous-batching scheduler with chunked prefill, prefix caching and
-preemption by recompute. Pure Python (no torch): it decides, per step, which
-tokens of which requests to compute and which KV blocks they write.
+"""Continuous-batching scheduler with chunked prefill, prefix caching,
+priorities and preemption by recompute. Pure Python (no torch): it decides, per
+step, which tokens of which requests to compute and which KV blocks they write.
 
 Policy (one token budget per step, as in vLLM's unified scheduler and Sarathi's
-chunked prefill): running requests first, in arrival order (decodes take one
-token each, an unfinished prefill takes the next chunk), then waiting requests
-while budget and blocks last. When a running request needs a block and none is
-free, the most recently arrived running request is preempted: its blocks are
-freed and it goes back to the head of the queue to be recomputed later. No
-request is ever dropped.
+chunked prefill):
+
+1. Decode rows first, one token per running request that has its prompt
+   computed, most urgent first.
+2. Prefill chunks next, within the share of the budget that `step_budget.split`
+   leaves them (the TPOT SLO of the running decodes bounds it): unfinished
+   prefills of running requests and waiting requests, in one order, so a
+   running low-priority prefill yields its chunk to a more urgent arrival at
+   the next step (it keeps its blocks and continues when budget is left).
+
+"Most urgent first" is the order (priority high first, then earliest deadline,
+then arrival). Aging bounds starvation: once a request has been in the engine
+`aging_s` seconds it is ordered ahead of every request that has not (aged ones
+among themselves by arrival), and it is no longer preempted before them. With
+`policy="fcfs"` the order is arrival alone.
+
+When a running request needs a block and none is free, the running request
+that comes last in that order (lowest priority, then latest) is preempted: its
+blocks are freed and it waits to be recomputed later, its generated tokens
+kept. Waiting requests never preempt running ones. No request is ever dropped.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
 
 from tandem.worker.block_pool import BlockPool
 from tandem.worker.errors import NoCapacity
 from tandem.worker.request import Request, Status
+from tandem.worker.step_budget import StepCost, StepPolicy, split
+
+Policy = Literal["priority", "fcfs"]
+POLICIES: tuple[Policy, ...] = ("priority", "fcfs")
+#: Seconds in the engine after which a request is served ahead of all younger ones.
+DEFAULT_AGING_S = 30.0
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 128
+    policy: Policy = "priority"
+    aging_s: float = DEFAULT_AGING_S
+    step: StepPolicy = field(default_factory=StepPolicy)
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be >= 1")
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be >= 1")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if not self.aging_s > 0:
+            raise ValueError(f"aging_s must be > 0, got {self.aging_s}")
 
 
 @dataclass(frozen=True)
@@ -56,23 +84,44 @@ class ScheduleOutput:
     def decode_only(self) -> bool:
         return all(len(s.token_ids) == 1 for s in self.seqs)
 
+    @property
+    def num_decode_rows(self) -> int:
+        return sum(1 for s in self.seqs if len(s.token_ids) == 1)
+
+
+@dataclass
+class _Step:
+    budget: int
+    seqs: list[ScheduledSeq] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    scheduled: set[str] = field(default_factory=set)
+
+
+Key = tuple[int, int, float, int]
+
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, pool: BlockPool) -> None:
+    def __init__(
+        self, config: SchedulerConfig, pool: BlockPool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config
         self.pool = pool
-        self.waiting: deque[Request] = deque()
+        self.clock = clock
+        self.waiting: list[Request] = []  # most urgent first as of the last schedule()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
+        self.cost = StepCost()
 
     # ----- admission -----------------------------------------------------
     def add(self, req: Request) -> None:
         self.requests[req.request_id] = req
+        req.enqueued_at = self.clock()
         self.waiting.append(req)
 
     def add_running(self, req: Request) -> None:
         """A request whose KV is already in place (decode after remote prefill)."""
         self.requests[req.request_id] = req
+        req.enqueued_at = self.clock()
         req.status = Status.RUNNING
         self.running.append(req)
 
@@ -100,47 +149,83 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    # ----- ordering ------------------------------------------------------
+    def key(self, req: Request, now: float) -> Key:
+        """Sort key, most urgent first: aged requests by arrival, then the rest
+        by priority (high first), deadline, arrival."""
+        if self.config.policy == "fcfs" or now - req.enqueued_at >= self.config.aging_s:
+            return (0, 0, 0.0, req.arrival)
+        return (1, -req.priority, req.deadline, req.arrival)
+
     # ----- scheduling ----------------------------------------------------
     def schedule(self) -> ScheduleOutput:
-        budget = self.config.max_num_batched_tokens
-        seqs: list[ScheduledSeq] = []
-        preempted: list[str] = []
-        scheduled: set[str] = set()
-
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self._grow(req, req.num_computed_tokens + n):
-                victim = self._pick_victim(exclude=scheduled)
-                if victim is None:
-                    break  # nothing left to preempt but this one: it waits for a later step
-                self._preempt(victim)
-                preempted.append(victim.request_id)
-                # Either req itself was the victim (the list shifted, so index i
-                # now names the next request) or a later one was: retry req.
-                continue
-            seqs.append(self._seq(req, n))
-            scheduled.add(req.request_id)
-            budget -= n
-            i += 1
-
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            req = self.waiting[0]
-            if req.num_computed_tokens == 0 and not req.block_ids:
-                self._apply_prefix_hit(req)
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self._grow(req, req.num_computed_tokens + n):
-                self._release(req)  # give prefix-hit blocks back; retried next step
-                req.num_computed_tokens = 0
+        now = self.clock()
+        self.waiting.sort(key=lambda r: self.key(r, now))
+        step = _Step(self.config.max_num_batched_tokens)
+        decodes = [r for r in self.running if r.num_tokens - r.num_computed_tokens == 1]
+        for req in sorted(decodes, key=lambda r: self.key(r, now)):
+            if step.budget <= 0:
                 break
-            self.waiting.popleft()
-            req.status = Status.RUNNING
-            self.running.append(req)
-            seqs.append(self._seq(req, n))
-            scheduled.add(req.request_id)
-            budget -= n
-        return ScheduleOutput(tuple(seqs), tuple(preempted))
+            if req in self.running and self._make_room(req, 1, step, now):
+                self._take(req, 1, step)
+        rows = len(step.seqs)
+        share = split(self.config.step, self.cost, rows, rows + step.budget).prefill_tokens
+        step.budget = min(step.budget, share)
+        self._schedule_prefills(step, now)
+        return ScheduleOutput(tuple(step.seqs), tuple(step.preempted))
+
+    def observe(self, sched: ScheduleOutput, seconds: float) -> None:
+        """Learn the step-time model from one executed step."""
+        rows = sched.num_decode_rows
+        self.cost = self.cost.learn(rows, sched.num_tokens - rows, seconds)
+
+    def _schedule_prefills(self, step: _Step, now: float) -> None:
+        partial = [r for r in self.running if r.request_id not in step.scheduled]
+        for req in sorted(partial + self.waiting, key=lambda r: self.key(r, now)):
+            if step.budget <= 0:
+                return
+            if req.status is Status.RUNNING:
+                if req not in self.running:
+                    continue  # preempted earlier in this step
+                n = min(req.num_tokens - req.num_computed_tokens, step.budget)
+                if not self._make_room(req, n, step, now):
+                    return
+                self._take(req, n, step)
+            elif len(self.running) < self.config.max_num_seqs and not self._admit(req, step):
+                return
+
+    def _admit(self, req: Request, step: _Step) -> bool:
+        """Start a waiting request's prefill; False when its blocks are not there."""
+        if req.num_computed_tokens == 0 and not req.block_ids:
+            self._apply_prefix_hit(req)
+        n = min(req.num_tokens - req.num_computed_tokens, step.budget)
+        if not self._grow(req, req.num_computed_tokens + n):
+            self._release(req)  # give prefix-hit blocks back; retried next step
+            req.num_computed_tokens = 0
+            return False
+        self.waiting.remove(req)
+        req.status = Status.RUNNING
+        self.running.append(req)
+        self._take(req, n, step)
+        return True
+
+    def _make_room(self, req: Request, n: int, step: _Step, now: float) -> bool:
+        """Blocks for n more tokens of a running request, preempting the least
+        urgent unscheduled running request (possibly req itself) while short."""
+        while not self._grow(req, req.num_computed_tokens + n):
+            victim = self._pick_victim(step.scheduled, now)
+            if victim is None:
+                return False  # nothing left to preempt: req waits for a later step
+            self._preempt(victim)
+            step.preempted.append(victim.request_id)
+            if victim is req:
+                return False
+        return True
+
+    def _take(self, req: Request, n: int, step: _Step) -> None:
+        step.seqs.append(self._seq(req, n))
+        step.scheduled.add(req.request_id)
+        step.budget -= n
 
     def update(self, sampled: dict[str, int]) -> list[Request]:
         """Record the tokens computed by the last schedule() and the sampled
@@ -201,12 +286,9 @@ class Scheduler:
         if end > start:
             self.pool.cache_blocks(req.block_ids, req.all_token_ids, start, end)
 
-    def _pick_victim(self, exclude: Iterable[str]) -> Request | None:
-        excluded = set(exclude)
-        for req in reversed(self.running):
-            if req.request_id not in excluded:
-                return req
-        return None
+    def _pick_victim(self, scheduled: set[str], now: float) -> Request | None:
+        candidates = [r for r in self.running if r.request_id not in scheduled]
+        return max(candidates, key=lambda r: self.key(r, now), default=None)
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -214,11 +296,10 @@ class Scheduler:
         req.num_computed_tokens = 0
         req.num_preemptions += 1
         req.status = Status.WAITING
-        self.waiting.appendleft(req)
+        self.waiting.insert(0, req)
 
     def _release(self, req: Request) -> None:
         if req.block_ids:
             self.pool.free(req.block_ids)
             req.block_ids = []
         req.num_scheduled_tokens = 0
-

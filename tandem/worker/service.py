@@ -127,7 +127,8 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
         async with grpc_errors(context):
             rid = wire.request_id(request.request_id)
             params = wire.sampling_from_pb(request.sampling)
-            stream = self.engine.generate(rid, list(request.prompt_token_ids), params)
+            urgency = wire.urgency_from_pb(request.urgency, time.monotonic())
+            stream = self.engine.generate(rid, list(request.prompt_token_ids), params, urgency)
             async for chunk in _relay(stream):
                 yield chunk
 
@@ -137,7 +138,8 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
             rid = wire.request_id(request.request_id)
             params = wire.sampling_from_pb(request.sampling)
             prompt = list(request.prompt_token_ids)
-            res = await asyncio.to_thread(self.engine.reserve, rid, prompt, params)
+            urgency = wire.urgency_from_pb(request.urgency, time.monotonic())
+            res = await asyncio.to_thread(self.engine.reserve, rid, prompt, params, urgency)
             return worker_pb2.ReserveResponse(
                 request_id=res.request_id,
                 block_ids=res.block_ids,
@@ -165,6 +167,7 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
             params = wire.sampling_from_pb(request.sampling)
             prompt = list(request.prompt_token_ids)
             target = wire.target_from_pb(request.target) if request.HasField("target") else None
+            urgency = wire.urgency_from_pb(request.urgency, time.monotonic())
             sender = await self._open_sender(target, request.target) if target else None
             stats = None
             t0 = time.perf_counter()
@@ -175,6 +178,7 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
                     params,
                     kv_sink=sender.submit if sender else _discard,
                     skip_blocks=target.skip_blocks if target else 0,
+                    urgency=urgency,
                 )
                 t1 = time.perf_counter()
                 # A failed prefill shipped an incomplete KV: drop it (abort below).

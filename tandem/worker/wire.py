@@ -3,10 +3,16 @@ these pure functions; nothing behind it sees a protobuf message."""
 
 from __future__ import annotations
 
+import math
+
 from tandem.rpc.v1 import worker_pb2
 from tandem.sampling import InvalidRequest, SamplingParams
 from tandem.worker.kv_transfer import KVLayout, TransferTarget
 from tandem.worker.outputs import LoadInfo, ModelInfo, StepOutput
+from tandem.worker.request import Urgency
+
+#: Priorities are the router's class values; beyond this they are surely a mistake.
+MAX_ABS_PRIORITY = 1_000_000
 
 
 def sampling_from_pb(pb: worker_pb2.SamplingParams) -> SamplingParams:
@@ -35,6 +41,19 @@ def sampling_to_pb(p: SamplingParams) -> worker_pb2.SamplingParams:
         ignore_eos=p.ignore_eos,
         min_tokens=p.min_tokens,
     )
+
+
+def urgency_from_pb(pb: worker_pb2.Urgency, now: float) -> Urgency:
+    """The wire's relative deadline becomes one on this engine's clock (`now`)."""
+    if abs(pb.priority) > MAX_ABS_PRIORITY:
+        raise InvalidRequest(
+            "urgency.priority",
+            f"{pb.priority} is outside [-{MAX_ABS_PRIORITY}, {MAX_ABS_PRIORITY}]",
+        )
+    left = pb.ttft_seconds_left
+    if left != left:  # NaN
+        raise InvalidRequest("urgency.ttft_seconds_left", "must be a number")
+    return Urgency(pb.priority, now + left if left > 0 else math.inf)
 
 
 def request_id(value: str) -> str:

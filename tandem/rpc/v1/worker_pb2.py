@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/worker.proto\x12\ttandem.v1\"\x9c\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x17\n\nmin_tokens\x18\t \x01(\rH\x05\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\r\n\x0b_min_tokens\"\xa1\x01\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11num_cached_tokens\x18\x06 \x01(\r\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xbd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x07 \x01(\r\x12\x10\n\x08head_dim\x18\x08 \x01(\r\x12\x10\n\x08kv_dtype\x18\t \x01(\t\"\x0f\n\rHealthRequest\"\x9e\x01\n\x0eHealthResponse\x12\x30\n\x06status\x18\x01 \x01(\x0e\x32 .tandem.v1.HealthResponse.Status\x12\x0c\n\x04role\x18\x02 \x01(\t\"L\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\x12\x0f\n\x0bNOT_SERVING\x10\x03\"\r\n\x0bInfoRequest\"\xc4\x01\n\x0cInfoResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tandem.v1.ModelInfo\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rkv_transports\x18\x03 \x03(\t\x12\x0f\n\x07host_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12+\n\x0bkv_cuda_ipc\x18\x08 \x01(\x0b\x32\x16.tandem.v1.CudaIpcPool\"\'\n\x0bLoadRequest\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\"\xb4\x01\n\x0cLoadResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x04 \x01(\r\x12\x16\n\x0ekv_blocks_used\x18\x05 \x01(\r\x12\x16\n\x0ekv_blocks_free\x18\x06 \x01(\r\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x19\n\x11prefix_hit_tokens\x18\x08 \x01(\r\"l\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\"k\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\"u\n\x0fReserveResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tblock_ids\x18\x02 \x03(\r\x12\x13\n\x0bskip_blocks\x18\x03 \x01(\r\x12\x15\n\rkv_transports\x18\x04 \x03(\t\x12\x0f\n\x07host_id\x18\x05 \x01(\t\"\xad\x01\n\x08KVTarget\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x11\n\tblock_ids\x18\x03 \x03(\r\x12\x13\n\x0bskip_blocks\x18\x04 \x01(\r\x12\x11\n\ttransport\x18\x05 \x01(\t\x12\x13\n\x0bnum_streams\x18\x06 \x01(\r\x12\x1b\n\x13\x61\x63\x63\x65pted_transports\x18\x07 \x03(\t\x12\x0f\n\x07host_id\x18\x08 \x01(\t\"\x90\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12#\n\x06target\x18\x04 \x01(\x0b\x32\x13.tandem.v1.KVTarget\"\x95\x01\n\x0fPrefillResponse\x12%\n\x06output\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenChunk\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x1d\n\x15transfer_wait_seconds\x18\x03 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x04 \x01(\x04\x12\x11\n\ttransport\x18\x05 \x01(\t\";\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\"@\n\tShmRegion\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x10\n\x08k_offset\x18\x02 \x01(\x04\x12\x10\n\x08v_offset\x18\x03 \x01(\x04\"\xc8\x01\n\x07KVChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\x13\n\x0b\x66irst_block\x18\x03 \x01(\r\x12\x12\n\nnum_blocks\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\t\n\x01k\x18\x06 \x01(\x0c\x12\t\n\x01v\x18\x07 \x01(\x0c\x12!\n\x03shm\x18\x08 \x01(\x0b\x32\x14.tandem.v1.ShmRegion\x12)\n\x08\x63uda_ipc\x18\t \x01(\x0b\x32\x17.tandem.v1.CudaIpcChunk\"\xb8\x01\n\rCudaIpcTensor\x12\x0e\n\x06handle\x18\x01 \x01(\x0c\x12\x14\n\x0cstorage_size\x18\x02 \x01(\x04\x12\x16\n\x0estorage_offset\x18\x03 \x01(\x04\x12\x1a\n\x12ref_counter_handle\x18\x04 \x01(\x0c\x12\x1a\n\x12ref_counter_offset\x18\x05 \x01(\x04\x12\x14\n\x0c\x65vent_handle\x18\x06 \x01(\x0c\x12\x1b\n\x13\x65vent_sync_required\x18\x07 \x01(\x08\"\x91\x01\n\x0b\x43udaIpcPool\x12\x0f\n\x07pool_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_uuid\x18\x02 \x01(\t\x12\x12\n\nnum_blocks\x18\x03 \x01(\r\x12#\n\x01k\x18\x04 \x03(\x0b\x32\x18.tandem.v1.CudaIpcTensor\x12#\n\x01v\x18\x05 \x03(\x0b\x32\x18.tandem.v1.CudaIpcTensor\"\x1f\n\x0c\x43udaIpcChunk\x12\x0f\n\x07pool_id\x18\x01 \x01(\t\"/\n\x0ePushKVResponse\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x10\n\x0e\x43\x61ncelResponse\"\x1e\n\x0eSetRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\"\x1f\n\x0fSetRoleResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\"\x0e\n\x0c\x44rainRequest\"\x0f\n\rDrainResponse2\xba\x05\n\rWorkerService\x12=\n\x06Health\x12\x18.tandem.v1.HealthRequest\x1a\x19.tandem.v1.HealthResponse\x12\x37\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x17.tandem.v1.InfoResponse\x12\x37\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x17.tandem.v1.LoadResponse\x12?\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x15.tandem.v1.TokenChunk0\x01\x12@\n\x07Reserve\x12\x19.tandem.v1.ReserveRequest\x1a\x1a.tandem.v1.ReserveResponse\x12@\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x1a.tandem.v1.PrefillResponse\x12;\n\x06\x44\x65\x63ode\x12\x18.tandem.v1.DecodeRequest\x1a\x15.tandem.v1.TokenChunk0\x01\x12\x39\n\x06PushKV\x12\x12.tandem.v1.KVChunk\x1a\x19.tandem.v1.PushKVResponse(\x01\x12=\n\x06\x43\x61ncel\x12\x18.tandem.v1.CancelRequest\x1a\x19.tandem.v1.CancelResponse\x12@\n\x07SetRole\x12\x19.tandem.v1.SetRoleRequest\x1a\x1a.tandem.v1.SetRoleResponse\x12:\n\x05\x44rain\x12\x17.tandem.v1.DrainRequest\x1a\x18.tandem.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/worker.proto\x12\ttandem.v1\"\x9c\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x17\n\nmin_tokens\x18\t \x01(\rH\x05\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\r\n\x0b_min_tokens\"\xa1\x01\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11num_cached_tokens\x18\x06 \x01(\r\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xbd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x07 \x01(\r\x12\x10\n\x08head_dim\x18\x08 \x01(\r\x12\x10\n\x08kv_dtype\x18\t \x01(\t\"\x0f\n\rHealthRequest\"\x9e\x01\n\x0eHealthResponse\x12\x30\n\x06status\x18\x01 \x01(\x0e\x32 .tandem.v1.HealthResponse.Status\x12\x0c\n\x04role\x18\x02 \x01(\t\"L\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\x12\x0f\n\x0bNOT_SERVING\x10\x03\"\r\n\x0bInfoRequest\"\xc4\x01\n\x0cInfoResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tandem.v1.ModelInfo\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rkv_transports\x18\x03 \x03(\t\x12\x0f\n\x07host_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12+\n\x0bkv_cuda_ipc\x18\x08 \x01(\x0b\x32\x16.tandem.v1.CudaIpcPool\"\'\n\x0bLoadRequest\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\"\xb4\x01\n\x0cLoadResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x04 \x01(\r\x12\x16\n\x0ekv_blocks_used\x18\x05 \x01(\r\x12\x16\n\x0ekv_blocks_free\x18\x06 \x01(\r\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x19\n\x11prefix_hit_tokens\x18\x08 \x01(\r\"6\n\x07Urgency\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x19\n\x11ttft_seconds_left\x18\x02 \x01(\x01\"\x91\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12#\n\x07urgency\x18\x04 \x01(\x0b\x32\x12.tandem.v1.Urgency\"\x90\x01\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12#\n\x07urgency\x18\x04 \x01(\x0b\x32\x12.tandem.v1.Urgency\"u\n\x0fReserveResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tblock_ids\x18\x02 \x03(\r\x12\x13\n\x0bskip_blocks\x18\x03 \x01(\r\x12\x15\n\rkv_transports\x18\x04 \x03(\t\x12\x0f\n\x07host_id\x18\x05 \x01(\t\"\xad\x01\n\x08KVTarget\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x11\n\tblock_ids\x18\x03 \x03(\r\x12\x13\n\x0bskip_blocks\x18\x04 \x01(\r\x12\x11\n\ttransport\x18\x05 \x01(\t\x12\x13\n\x0bnum_streams\x18\x06 \x01(\r\x12\x1b\n\x13\x61\x63\x63\x65pted_transports\x18\x07 \x03(\t\x12\x0f\n\x07host_id\x18\x08 \x01(\t\"\xb5\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12#\n\x06target\x18\x04 \x01(\x0b\x32\x13.tandem.v1.KVTarget\x12#\n\x07urgency\x18\x05 \x01(\x0b\x32\x12.tandem.v1.Urgency\"\x95\x01\n\x0fPrefillResponse\x12%\n\x06output\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenChunk\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x1d\n\x15transfer_wait_seconds\x18\x03 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x04 \x01(\x04\x12\x11\n\ttransport\x18\x05 \x01(\t\";\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\"@\n\tShmRegion\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x10\n\x08k_offset\x18\x02 \x01(\x04\x12\x10\n\x08v_offset\x18\x03 \x01(\x04\"\xc8\x01\n\x07KVChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\x13\n\x0b\x66irst_block\x18\x03 \x01(\r\x12\x12\n\nnum_blocks\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\t\n\x01k\x18\x06 \x01(\x0c\x12\t\n\x01v\x18\x07 \x01(\x0c\x12!\n\x03shm\x18\x08 \x01(\x0b\x32\x14.tandem.v1.ShmRegion\x12)\n\x08\x63uda_ipc\x18\t \x01(\x0b\x32\x17.tandem.v1.CudaIpcChunk\"\xb8\x01\n\rCudaIpcTensor\x12\x0e\n\x06handle\x18\x01 \x01(\x0c\x12\x14\n\x0cstorage_size\x18\x02 \x01(\x04\x12\x16\n\x0estorage_offset\x18\x03 \x01(\x04\x12\x1a\n\x12ref_counter_handle\x18\x04 \x01(\x0c\x12\x1a\n\x12ref_counter_offset\x18\x05 \x01(\x04\x12\x14\n\x0c\x65vent_handle\x18\x06 \x01(\x0c\x12\x1b\n\x13\x65vent_sync_required\x18\x07 \x01(\x08\"\x91\x01\n\x0b\x43udaIpcPool\x12\x0f\n\x07pool_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_uuid\x18\x02 \x01(\t\x12\x12\n\nnum_blocks\x18\x03 \x01(\r\x12#\n\x01k\x18\x04 \x03(\x0b\x32\x18.tandem.v1.CudaIpcTensor\x12#\n\x01v\x18\x05 \x03(\x0b\x32\x18.tandem.v1.CudaIpcTensor\"\x1f\n\x0c\x43udaIpcChunk\x12\x0f\n\x07pool_id\x18\x01 \x01(\t\"/\n\x0ePushKVResponse\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x10\n\x0e\x43\x61ncelResponse\"\x1e\n\x0eSetRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\"\x1f\n\x0fSetRoleResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\"\x0e\n\x0c\x44rainRequest\"\x0f\n\rDrainResponse2\xba\x05\n\rWorkerService\x12=\n\x06Health\x12\x18.tandem.v1.HealthRequest\x1a\x19.tandem.v1.HealthResponse\x12\x37\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x17.tandem.v1.InfoResponse\x12\x37\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x17.tandem.v1.LoadResponse\x12?\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x15.tandem.v1.TokenChunk0\x01\x12@\n\x07Reserve\x12\x19.tandem.v1.ReserveRequest\x1a\x1a.tandem.v1.ReserveResponse\x12@\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x1a.tandem.v1.PrefillResponse\x12;\n\x06\x44\x65\x63ode\x12\x18.tandem.v1.DecodeRequest\x1a\x15.tandem.v1.TokenChunk0\x01\x12\x39\n\x06PushKV\x12\x12.tandem.v1.KVChunk\x1a\x19.tandem.v1.PushKVResponse(\x01\x12=\n\x06\x43\x61ncel\x12\x18.tandem.v1.CancelRequest\x1a\x19.tandem.v1.CancelResponse\x12@\n\x07SetRole\x12\x19.tandem.v1.SetRoleRequest\x1a\x1a.tandem.v1.SetRoleResponse\x12:\n\x05\x44rain\x12\x17.tandem.v1.DrainRequest\x1a\x18.tandem.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,44 +52,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADREQUEST']._serialized_end=1111
   _globals['_LOADRESPONSE']._serialized_start=1114
   _globals['_LOADRESPONSE']._serialized_end=1294
-  _globals['_GENERATEREQUEST']._serialized_start=1296
-  _globals['_GENERATEREQUEST']._serialized_end=1404
-  _globals['_RESERVEREQUEST']._serialized_start=1406
-  _globals['_RESERVEREQUEST']._serialized_end=1513
-  _globals['_RESERVERESPONSE']._serialized_start=1515
-  _globals['_RESERVERESPONSE']._serialized_end=1632
-  _globals['_KVTARGET']._serialized_start=1635
-  _globals['_KVTARGET']._serialized_end=1808
-  _globals['_PREFILLREQUEST']._serialized_start=1811
-  _globals['_PREFILLREQUEST']._serialized_end=1955
-  _globals['_PREFILLRESPONSE']._serialized_start=1958
-  _globals['_PREFILLRESPONSE']._serialized_end=2107
-  _globals['_DECODEREQUEST']._serialized_start=2109
-  _globals['_DECODEREQUEST']._serialized_end=2168
-  _globals['_SHMREGION']._serialized_start=2170
-  _globals['_SHMREGION']._serialized_end=2234
-  _globals['_KVCHUNK']._serialized_start=2237
-  _globals['_KVCHUNK']._serialized_end=2437
-  _globals['_CUDAIPCTENSOR']._serialized_start=2440
-  _globals['_CUDAIPCTENSOR']._serialized_end=2624
-  _globals['_CUDAIPCPOOL']._serialized_start=2627
-  _globals['_CUDAIPCPOOL']._serialized_end=2772
-  _globals['_CUDAIPCCHUNK']._serialized_start=2774
-  _globals['_CUDAIPCCHUNK']._serialized_end=2805
-  _globals['_PUSHKVRESPONSE']._serialized_start=2807
-  _globals['_PUSHKVRESPONSE']._serialized_end=2854
-  _globals['_CANCELREQUEST']._serialized_start=2856
-  _globals['_CANCELREQUEST']._serialized_end=2891
-  _globals['_CANCELRESPONSE']._serialized_start=2893
-  _globals['_CANCELRESPONSE']._serialized_end=2909
-  _globals['_SETROLEREQUEST']._serialized_start=2911
-  _globals['_SETROLEREQUEST']._serialized_end=2941
-  _globals['_SETROLERESPONSE']._serialized_start=2943
-  _globals['_SETROLERESPONSE']._serialized_end=2974
-  _globals['_DRAINREQUEST']._serialized_start=2976
-  _globals['_DRAINREQUEST']._serialized_end=2990
-  _globals['_DRAINRESPONSE']._serialized_start=2992
-  _globals['_DRAINRESPONSE']._serialized_end=3007
-  _globals['_WORKERSERVICE']._serialized_start=3010
-  _globals['_WORKERSERVICE']._serialized_end=3708
+  _globals['_URGENCY']._serialized_start=1296
+  _globals['_URGENCY']._serialized_end=1350
+  _globals['_GENERATEREQUEST']._serialized_start=1353
+  _globals['_GENERATEREQUEST']._serialized_end=1498
+  _globals['_RESERVEREQUEST']._serialized_start=1501
+  _globals['_RESERVEREQUEST']._serialized_end=1645
+  _globals['_RESERVERESPONSE']._serialized_start=1647
+  _globals['_RESERVERESPONSE']._serialized_end=1764
+  _globals['_KVTARGET']._serialized_start=1767
+  _globals['_KVTARGET']._serialized_end=1940
+  _globals['_PREFILLREQUEST']._serialized_start=1943
+  _globals['_PREFILLREQUEST']._serialized_end=2124
+  _globals['_PREFILLRESPONSE']._serialized_start=2127
+  _globals['_PREFILLRESPONSE']._serialized_end=2276
+  _globals['_DECODEREQUEST']._serialized_start=2278
+  _globals['_DECODEREQUEST']._serialized_end=2337
+  _globals['_SHMREGION']._serialized_start=2339
+  _globals['_SHMREGION']._serialized_end=2403
+  _globals['_KVCHUNK']._serialized_start=2406
+  _globals['_KVCHUNK']._serialized_end=2606
+  _globals['_CUDAIPCTENSOR']._serialized_start=2609
+  _globals['_CUDAIPCTENSOR']._serialized_end=2793
+  _globals['_CUDAIPCPOOL']._serialized_start=2796
+  _globals['_CUDAIPCPOOL']._serialized_end=2941
+  _globals['_CUDAIPCCHUNK']._serialized_start=2943
+  _globals['_CUDAIPCCHUNK']._serialized_end=2974
+  _globals['_PUSHKVRESPONSE']._serialized_start=2976
+  _globals['_PUSHKVRESPONSE']._serialized_end=3023
+  _globals['_CANCELREQUEST']._serialized_start=3025
+  _globals['_CANCELREQUEST']._serialized_end=3060
+  _globals['_CANCELRESPONSE']._serialized_start=3062
+  _globals['_CANCELRESPONSE']._serialized_end=3078
+  _globals['_SETROLEREQUEST']._serialized_start=3080
+  _globals['_SETROLEREQUEST']._serialized_end=3110
+  _globals['_SETROLERESPONSE']._serialized_start=3112
+  _globals['_SETROLERESPONSE']._serialized_end=3143
+  _globals['_DRAINREQUEST']._serialized_start=3145
+  _globals['_DRAINREQUEST']._serialized_end=3159
+  _globals['_DRAINRESPONSE']._serialized_start=3161
+  _globals['_DRAINRESPONSE']._serialized_end=3176
+  _globals['_WORKERSERVICE']._serialized_start=3179
+  _globals['_WORKERSERVICE']._serialized_end=3877
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,90 @@
+"""Step composition: the prefill share of a step under a TPOT SLO, and the
+online step-time model it reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from tandem.sampling import SamplingParams
+from tandem.worker.block_pool import BlockPool
+from tandem.worker.request import Request
+from tandem.worker.scheduler import Scheduler, SchedulerConfig
+from tandem.worker.step_budget import MIN_SAMPLES, Split, StepCost, StepPolicy, split
+
+
+def fitted(base: float, row: float, tok: float) -> StepCost:
+    """A model fed exact steps of a device with these figures."""
+    cost = StepCost()
+    for rows, tokens in [(1, 0), (8, 0), (4, 256), (2, 1024), (16, 64), (0, 512)]:
+        cost = cost.learn(rows, tokens, base + row * rows + tok * tokens)
+    return cost
+
+
+def test_the_model_recovers_the_figures_it_was_fed() -> None:
+    base, row, tok = fitted(0.004, 0.0005, 0.00002).coefficients()
+    assert base == pytest.approx(0.004, rel=1e-3)
+    assert row == pytest.approx(0.0005, rel=1e-3)
+    assert tok == pytest.approx(0.00002, rel=1e-3)
+
+
+def test_the_model_follows_a_device_that_slows_down() -> None:
+    cost = fitted(0.004, 0.0005, 0.00002)
+    for _ in range(300):  # e.g. another tenant on the GPU: every figure doubles
+        for rows, tokens in [(2, 0), (4, 512), (8, 128), (1, 1024)]:
+            cost = cost.learn(rows, tokens, 2 * (0.004 + 0.0005 * rows + 0.00002 * tokens))
+    assert cost.coefficients()[2] == pytest.approx(0.00004, rel=0.02)
+
+
+def test_steps_that_computed_nothing_teach_nothing() -> None:
+    cost = StepCost().learn(0, 0, 0.5).learn(3, 0, 0.0).learn(3, 0, float("nan"))
+    assert cost.samples == 0 and cost.coefficients() == (0.0, 0.0, 0.0)
+
+
+# figures: 4 ms per step + 0.5 ms per decode row + 20 us per prefill token
+COST = fitted(0.004, 0.0005, 0.00002)
+
+
+@pytest.mark.parametrize(
+    ("policy", "cost", "rows", "budget", "expected"),
+    [
+        # No SLO: prefill gets everything the decodes leave.
+        (StepPolicy(None), COST, 8, 2048, Split(8, 2040, "budget")),
+        # No running decodes: nothing to protect.
+        (StepPolicy(0.02), COST, 0, 2048, Split(0, 2048, "budget")),
+        # Not fitted yet: no figures to act on.
+        (StepPolicy(0.02), StepCost(), 8, 2048, Split(8, 2040, "budget")),
+        # 20 ms SLO, 8 rows: 4 + 4 = 8 ms for decodes, 12 ms left / 20 us = 600 tokens.
+        (StepPolicy(0.02), COST, 8, 2048, Split(8, 600, "slo")),
+        # A looser SLO that the whole budget fits in.
+        (StepPolicy(0.1), COST, 8, 2048, Split(8, 2040, "budget")),
+        # Decodes alone spend the SLO (4 + 32 ms > 20 ms): prefill keeps its floor.
+        (StepPolicy(0.02, min_prefill_tokens=32), COST, 64, 2048, Split(64, 32, "floor")),
+        # The floor never exceeds what the budget leaves.
+        (StepPolicy(0.02, min_prefill_tokens=32), COST, 2040, 2048, Split(2040, 8, "floor")),
+        # More decode rows than the budget: the budget caps the rows, nothing left.
+        (StepPolicy(0.02), COST, 3000, 2048, Split(2048, 0, "budget")),
+    ],
+)
+def test_split(policy: StepPolicy, cost: StepCost, rows: int, budget: int, expected: Split) -> None:
+    assert split(policy, cost, rows, budget) == expected
+
+
+def test_policy_rejects_bad_knobs() -> None:
+    with pytest.raises(ValueError, match="tpot_slo_s"):
+        StepPolicy(0)
+    with pytest.raises(ValueError, match="min_prefill_tokens"):
+        StepPolicy(0.05, 0)
+
+
+def test_scheduler_caps_the_prefill_chunk_next_to_decodes_by_the_slo() -> None:
+    cfg = SchedulerConfig(2048, 8, step=StepPolicy(tpot_slo_s=0.02, min_prefill_tokens=4))
+    s = Scheduler(cfg, BlockPool(64, 16), clock=lambda: 0.0)
+    s.cost = COST
+    p = SamplingParams(max_tokens=8, temperature=0.0)
+    s.add(Request("chat", [1, 2, 3], p, 1))
+    s.update({q.request_id: 5 for q in s.schedule().seqs if q.sample})
+    s.add(Request("long", list(range(900)), p, 2))
+    out = s.schedule()
+    # One decode row: 4.5 ms predicted, 15.5 ms left / 20 us = 775 prefill tokens.
+    assert [(q.request_id, len(q.token_ids)) for q in out.seqs] == [("chat", 1), ("long", 775)]
+    assert COST.samples >= MIN_SAMPLES
