@@ -25,12 +25,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--pool", default=None, help="InferencePool name (kube discovery)")
     p.add_argument("--namespace", default=None, help="namespace (kube discovery)")
     p.add_argument("--priority-classes", default=None,
-                   help="NAME:PRIORITY[:TTFT_SLO],... e.g. interactive:100:1s,batch:10")
+                   help="NAME:PRIORITY[:TTFT_SLO[:TPOT_SLO]],... e.g. interactive:100:1s:50ms,batch:10")
     p.add_argument("--default-priority-class", default=None,
                    help="class of requests that name none (default: the least urgent)")
     p.add_argument("--max-inflight-per-worker", type=int, default=64)
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds; bounds every worker call")
     p.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait for capacity")
+    p.add_argument("--traffic-policy", choices=("priority", "fcfs"), default="priority",
+                   help="priority: queues and workers serve by class priority; fcfs: arrival order everywhere")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="waiters per queue before the least urgent one is shed with 429")
+    p.add_argument("--max-prefills-per-worker", type=int, default=8,
+                   help="prompts in flight per prefill worker; more wait in the router's prompt queue")
     p.set_defaults(func=_run_router)
     _register_bench(subparsers)
 
@@ -69,6 +75,9 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         max_inflight_per_worker=args.max_inflight_per_worker,
         request_timeout_s=args.request_timeout,
         queue_timeout_s=args.queue_timeout,
+        traffic_policy=args.traffic_policy,
+        max_queue=args.max_queue,
+        max_prefills_per_worker=args.max_prefills_per_worker,
     )
 
 

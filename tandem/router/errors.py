@@ -71,6 +71,10 @@ class DeadlineRejected(RouterError):
     error_type = "rate_limit_error"
 
 
+class Overloaded(DeadlineRejected):
+    """Shedding: a queue is full and this request is the least urgent in it."""
+
+
 class Unavailable(RouterError):
     """No worker of a needed role can take the request right now."""
 

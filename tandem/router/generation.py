@@ -95,13 +95,20 @@ class Generation:
             outcome = outcome_of(exc)
             raise
         finally:
-            self._record(label, outcome, received_at, first_at, completion)
+            self._record(job, outcome, received_at, first_at, completion)
 
-    def _record(self, label: str, outcome: str, received_at: float, first_at: float | None, n: int) -> None:
+    def _record(self, job: Job, outcome: str, received_at: float, first_at: float | None, n: int) -> None:
+        label = job.priority.name
         self.metrics.requests.labels(priority=label, outcome=outcome).inc()
         if outcome != "ok":
             return
         end = time.monotonic()
         self.metrics.e2e.labels(priority=label).observe(end - received_at)
-        if first_at is not None and n > 1:
-            self.metrics.tpot.labels(priority=label).observe((end - first_at) / (n - 1))
+        tpot = (end - first_at) / (n - 1) if first_at is not None and n > 1 else None
+        if tpot is not None:
+            self.metrics.tpot.labels(priority=label).observe(tpot)
+        ttft = None if first_at is None else first_at - received_at
+        for slo, limit, value in (("ttft", job.priority.ttft_slo_s, ttft), ("tpot", job.priority.tpot_slo_s, tpot)):
+            if limit is not None and value is not None:
+                met = "met" if value <= limit else "missed"
+                self.metrics.slo.labels(priority=label, slo=slo, outcome=met).inc()

@@ -33,6 +33,31 @@ class RouterMetrics:
         self.queue_depth = Gauge(
             "tandem_router_queue_depth", "Requests waiting in the router's queue", ["priority"], registry=r
         )
+        self.prefill_queue_depth = Gauge(
+            "tandem_router_prefill_queue_depth",
+            "Requests waiting for a prompt slot on the prefill workers",
+            ["priority"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "tandem_router_queue_wait_seconds",
+            "Time spent in the router's queues before a slot was granted",
+            ["priority", "phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "tandem_router_shed",
+            "Requests shed by traffic control (429 or 503), by reason: deadline, queue_full, displaced, timeout",
+            ["priority", "reason"],
+            registry=r,
+        )
+        self.slo = Counter(
+            "tandem_router_slo_requests",
+            "Completed requests of classes with an SLO, by latency (ttft, tpot) and whether it was met",
+            ["priority", "slo", "outcome"],
+            registry=r,
+        )
         self.workers_up = Gauge("tandem_router_workers_up", "Workers the router can reach", ["role"], registry=r)
 
     def exposition(self) -> bytes:

@@ -30,7 +30,7 @@ from tandem.router.selection import (
     pick_prefill,
 )
 from tandem.router.traffic import Ticket, TrafficController
-from tandem.router.worker_client import PrefillResult, TokenEvent
+from tandem.router.worker_client import NO_URGENCY, PrefillResult, TokenEvent, Urgency
 from tandem.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class RoutingConfig:
     min_prompt_tokens: int = 256
     max_inflight_per_worker: int = 64
     request_timeout_s: float = 600.0
+    max_prefills_per_worker: int = 8  # prompts in flight per prefill worker (the prompt gate)
 
 
 class Orchestrator:
@@ -68,6 +69,15 @@ class Orchestrator:
 
     def capacity(self) -> int:
         return self._config.max_inflight_per_worker * sum(1 for v in self._registry.views() if can_decode(v))
+
+    def prompt_capacity(self) -> int:
+        return self._config.max_prefills_per_worker * sum(1 for v in self._registry.views() if can_prefill(v))
+
+    def urgency(self, job: Job) -> Urgency:
+        """What the workers' schedulers order this job by; nothing under fcfs."""
+        if self._traffic.policy == "fcfs":
+            return NO_URGENCY
+        return Urgency(job.priority.priority, job.ttft_deadline)
 
     def prefill_parallelism(self) -> int:
         views = self._registry.views()
@@ -141,8 +151,11 @@ class Orchestrator:
     async def _colocated(self, job: Job, ticket: Ticket, decode: WorkerView) -> AsyncGenerator[TokenEvent, None]:
         client = self._registry.client(decode.name)
         done = False
+        before = decode.inflight_prefill_tokens
         with self._registry.track(decode.name, len(job.prompt)) as prefilled:
-            stream = client.generate(job.request_id, job.prompt, job.params, timeout=job.timeout_s)
+            stream = client.generate(
+                job.request_id, job.prompt, job.params, timeout=job.timeout_s, urgency=self.urgency(job)
+            )
             try:
                 async with contextlib.aclosing(stream):
                     first = True
@@ -150,7 +163,8 @@ class Orchestrator:
                         if first and event.token_ids:
                             first = False
                             prefilled()
-                            self._traffic.first_token(ticket, event.num_prompt_tokens - event.num_cached_tokens)
+                            computed = event.num_prompt_tokens - event.num_cached_tokens
+                            self._traffic.first_token(ticket, computed, decode.name, before)
                         done = event.finished
                         yield event
             except WorkerDown as exc:
@@ -168,7 +182,8 @@ class Orchestrator:
         done = False
         with self._registry.track(decode.name):
             try:
-                result = await self._remote_prefill(job, decode, prefill)
+                async with self._traffic.prompt_slot(ticket):
+                    result = await self._remote_prefill(job, ticket, decode, prefill)
                 if result is None:
                     # D's prefix cache made shipping pointless, or the prefill worker failed
                     # before the first token (nothing reached the client yet): serve the
@@ -180,7 +195,6 @@ class Orchestrator:
                             yield event
                     return
                 first = result.first
-                self._traffic.first_token(ticket, first.num_prompt_tokens - first.num_cached_tokens)
                 if first.finish_reason == "prefilled":
                     first = replace(first, finished=False, finish_reason=None)
                 if first.finished:
@@ -210,32 +224,41 @@ class Orchestrator:
                     self._cancel(decode.name, job.request_id)
                     self._cancel(prefill.name, job.request_id)
 
-    async def _remote_prefill(self, job: Job, decode: WorkerView, prefill: WorkerView) -> PrefillResult | None:
+    async def _remote_prefill(
+        self, job: Job, ticket: Ticket, decode: WorkerView, prefill: WorkerView
+    ) -> PrefillResult | None:
         """Reserve on D, prefill on P (which ships the KV to D). None, after D's
         reservation has been released, when P failed or D turned out to hold enough
         of the prompt already."""
         d_client = self._registry.client(decode.name)
         p_client = self._registry.client(prefill.name)
         started = time.monotonic()
+        urgency = self.urgency(job)
+        before = next((v.inflight_prefill_tokens for v in self._registry.views() if v.name == prefill.name), 0)
         with self._registry.track(prefill.name, len(job.prompt)):
-            reservation = await self._call(decode.name, d_client.reserve(job.request_id, job.prompt, job.params))
+            reservation = await self._call(
+                decode.name, d_client.reserve(job.request_id, job.prompt, job.params, urgency=urgency)
+            )
             cached = reservation.skip_blocks * decode.block_size
             if not disaggregate(len(job.prompt), cached, self._config.min_prompt_tokens, True):
                 # D already holds most of the prompt: computing the rest there beats shipping it.
                 await d_client.cancel(job.request_id)
                 return None
             try:
-                return await self._call(
+                result = await self._call(
                     prefill.name,
                     p_client.prefill(
                         job.request_id, job.prompt, job.params, decode.address, reservation,
-                        timeout=max(1.0, job.timeout_s - (time.monotonic() - started)),
+                        timeout=max(1.0, job.timeout_s - (time.monotonic() - started)), urgency=urgency,
                     ),
                 )
             except WorkerDown as exc:
                 log.warning("prefill on %s failed (%s); serving %s colocated", prefill.name, exc, job.request_id)
                 await d_client.cancel(job.request_id)
                 return None
+        first = result.first
+        self._traffic.first_token(ticket, first.num_prompt_tokens - first.num_cached_tokens, prefill.name, before)
+        return result
 
     async def _call(self, name: str, coro: Awaitable[T]) -> T:
         try:

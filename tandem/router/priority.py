@@ -1,8 +1,9 @@
 """Priority classes: how a request says how urgent it is.
 
-A class has a name, a priority (higher is served first) and an optional TTFT
-SLO that admission control enforces. The CLI spells a list of them as
-`NAME:PRIORITY[:SLO],...`, e.g. `interactive:100:1s,batch:10`.
+A class has a name, a priority (higher is served first), an optional TTFT
+SLO that admission control enforces and an optional TPOT SLO that the class's
+SLO attainment is counted against. The CLI spells a list of them as
+`NAME:PRIORITY[:TTFT_SLO[:TPOT_SLO]],...`, e.g. `interactive:100:1s:50ms,batch:10`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ class PriorityClass:
     name: str
     priority: int
     ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"priority class name {self.name!r} must be alphanumeric (- and _ allowed)")
         if self.ttft_slo_s is not None and not self.ttft_slo_s > 0:
             raise ValueError(f"priority class {self.name!r}: TTFT SLO must be > 0, got {self.ttft_slo_s}")
+        if self.tpot_slo_s is not None and not self.tpot_slo_s > 0:
+            raise ValueError(f"priority class {self.name!r}: TPOT SLO must be > 0, got {self.tpot_slo_s}")
 
 
 DEFAULT_CLASSES = (PriorityClass("default", 0),)
@@ -48,18 +52,20 @@ def parse_duration(text: str) -> float:
 
 
 def parse_classes(spec: str) -> tuple[PriorityClass, ...]:
-    """Parse `NAME:PRIORITY[:SLO],...`; names must be unique."""
+    """Parse `NAME:PRIORITY[:TTFT_SLO[:TPOT_SLO]],...`; names must be unique.
+    An empty TTFT field (`batch:10::200ms`) sets only the TPOT SLO."""
     classes: list[PriorityClass] = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         parts = item.split(":")
-        if len(parts) not in (2, 3):
-            raise ValueError(f"priority class {item!r}: expected NAME:PRIORITY[:TTFT_SLO]")
+        if len(parts) not in (2, 3, 4):
+            raise ValueError(f"priority class {item!r}: expected NAME:PRIORITY[:TTFT_SLO[:TPOT_SLO]]")
         try:
             prio = int(parts[1])
         except ValueError:
             raise ValueError(f"priority class {item!r}: priority must be an integer") from None
-        slo = parse_duration(parts[2]) if len(parts) == 3 else None
-        classes.append(PriorityClass(parts[0], prio, slo))
+        ttft = parse_duration(parts[2]) if len(parts) >= 3 and parts[2] else None
+        tpot = parse_duration(parts[3]) if len(parts) == 4 and parts[3] else None
+        classes.append(PriorityClass(parts[0], prio, ttft, tpot))
     if not classes:
         raise ValueError("at least one priority class is needed")
     names = [c.name for c in classes]
@@ -85,8 +91,10 @@ def resolve(
     headers: Mapping[str, str],
     body_value: str | None,
 ) -> PriorityClass:
-    """The header wins over the body field; an unknown name is a 400."""
-    name = headers.get(PRIORITY_HEADER) or body_value
+    """The header wins over the body field; an unknown name is a 400 naming
+    where it came from (the header or the body's `priority`)."""
+    header = headers.get(PRIORITY_HEADER)
+    name = header if header is not None else body_value
     if name is None:
         return default
     for c in classes:
@@ -94,5 +102,5 @@ def resolve(
             return c
     raise BadRequest(
         f"unknown priority class {name!r}; known: {', '.join(c.name for c in classes)}",
-        param="priority",
+        param=PRIORITY_HEADER if header is not None else "priority",
     )

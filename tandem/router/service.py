@@ -22,7 +22,7 @@ from tandem.router.orchestrator import Orchestrator, RoutingConfig
 from tandem.router.priority import DEFAULT_CLASSES, PriorityClass, default_class
 from tandem.router.registry import WorkerRegistry
 from tandem.router.text_codec import TextCodec, TokenizerCodec
-from tandem.router.traffic import TrafficController
+from tandem.router.traffic import TrafficController, TrafficSettings
 from tandem.router.worker_client import WorkerClient
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ class RouterConfig:
     request_timeout_s: float = 600.0
     queue_timeout_s: float = 30.0
     poll_s: float = 0.5
+    traffic_policy: Literal["priority", "fcfs"] = "priority"  # fcfs: arrival order everywhere
+    max_queue: int = 1024  # per queue, before the least urgent waiter is shed (429)
+    max_prefills_per_worker: int = 8  # prompts in flight per prefill worker
 
     def __post_init__(self) -> None:
         if self.discovery == "static" and not self.workers:
@@ -58,6 +61,12 @@ class RouterConfig:
             raise ValueError("--max-inflight-per-worker must be >= 1")
         if not self.request_timeout_s > 0 or not self.queue_timeout_s > 0:
             raise ValueError("timeouts must be > 0")
+        if self.traffic_policy not in ("priority", "fcfs"):
+            raise ValueError(f"--traffic-policy must be priority or fcfs, got {self.traffic_policy!r}")
+        if self.max_queue < 1:
+            raise ValueError(f"--max-queue must be >= 1, got {self.max_queue}")
+        if self.max_prefills_per_worker < 1:
+            raise ValueError(f"--max-prefills-per-worker must be >= 1, got {self.max_prefills_per_worker}")
         default_class(self.priority_classes, self.default_priority)  # raises for an unknown name
 
 
@@ -108,13 +117,20 @@ class Router:
         self.metrics = RouterMetrics()
         for c in config.priority_classes:  # every class shows on /metrics from the start
             self.metrics.queue_depth.labels(priority=c.name).set(0)
+            self.metrics.prefill_queue_depth.labels(priority=c.name).set(0)
         self.registry = WorkerRegistry(discovery, poll_s=config.poll_s)
-        routing = RoutingConfig(config.min_prompt_tokens, config.max_inflight_per_worker, config.request_timeout_s)
+        routing = RoutingConfig(
+            config.min_prompt_tokens,
+            config.max_inflight_per_worker,
+            config.request_timeout_s,
+            config.max_prefills_per_worker,
+        )
         self.traffic = TrafficController(
             capacity=lambda: self.orchestrator.capacity(),
             prefill_workers=lambda: self.orchestrator.prefill_parallelism(),
             metrics=self.metrics,
-            queue_timeout_s=config.queue_timeout_s,
+            settings=TrafficSettings(config.queue_timeout_s, config.max_queue, config.traffic_policy),
+            prompt_capacity=lambda: self.orchestrator.prompt_capacity(),
         )
         self.orchestrator = Orchestrator(self.registry, self.traffic, routing)
         self.registry.set_on_change(self.traffic.kick)

@@ -1,24 +1,43 @@
-"""Traffic control: one queue per priority class, served in priority order,
-with a bound on requests in flight, and deadline-aware admission.
+"""Traffic control: priority classes across two gates, deadline-aware
+admission from measured per-worker rates, and shedding of the least urgent.
 
-`TrafficController.admit` either returns a `Ticket` (the request may now pick
-a worker) or raises: `DeadlineRejected` (HTTP 429) when its deadline cannot be
-met, `Unavailable` (503) when it waited longer than the queue timeout.
+- Decode slots (`admit`): at most `capacity()` requests in flight on the
+  decode workers; waiters are served by priority (then arrival).
+- Prompts (`prompt_slot`): at most `prompt_capacity()` prefills in flight on
+  the prefill workers; a second priority queue, so long batch prompts wait for
+  prefill workers without holding back an urgent request's decode slot.
+
+Both queues are bounded (`max_queue`): when one is full the least urgent
+waiter is shed (HTTP 429 with `Retry-After`, `Overloaded`) to make room for a
+more urgent arrival, or the arrival itself is shed when nothing queued is less
+urgent. A request whose TTFT deadline cannot be met is shed at once
+(`DeadlineRejected`, 429). The estimate uses each prefill worker's own rate,
+learned from its measured prefills (`first_token`). `policy="fcfs"` serves
+both gates in arrival order (the comparison baseline); shedding then drops the
+latest arrival.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
+import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
-from tandem.router.admission import Backlog, PrefillRate, decide
-from tandem.router.errors import DeadlineRejected, Unavailable
+from tandem.router.admission import (
+    Backlog,
+    PrefillRate,
+    decide_measured,
+    drain_seconds,
+)
+from tandem.router.errors import DeadlineRejected, Overloaded, Unavailable
+from tandem.router.gate import PriorityGate, Shed
 from tandem.router.metrics import RouterMetrics
 from tandem.router.priority import PriorityClass
+
+#: Bounds on the Retry-After a shed request is told (seconds).
+RETRY_AFTER_MIN_S, RETRY_AFTER_MAX_S = 1.0, 60.0
 
 
 @dataclass
@@ -27,16 +46,24 @@ class Ticket:
     prompt_tokens: int
     deadline: float | None  # time.monotonic() by which the first token is due
     enqueued_at: float
-    granted_at: float = 0.0
+    granted_at: float = (
+        0.0  # when its prefill could start: the decode slot (or prompt slot) was granted
+    )
     prefilling: bool = True
     released: bool = False
 
 
-@dataclass(order=True)
-class _Waiter:
-    key: tuple[int, int]
-    ticket: Ticket = field(compare=False)
-    future: asyncio.Future[None] = field(compare=False)
+@dataclass(frozen=True)
+class TrafficSettings:
+    queue_timeout_s: float = 30.0
+    max_queue: int = 1024  # waiters per gate before the least urgent is shed
+    policy: str = "priority"  # or "fcfs"
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("priority", "fcfs"):
+            raise ValueError(f"traffic policy must be priority or fcfs, got {self.policy!r}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
 
 
 class TrafficController:
@@ -46,49 +73,51 @@ class TrafficController:
         prefill_workers: Callable[[], int],
         metrics: RouterMetrics,
         queue_timeout_s: float = 30.0,
+        settings: TrafficSettings | None = None,
+        prompt_capacity: Callable[[], int] | None = None,
     ) -> None:
-        self._capacity = capacity
+        self.settings = settings or TrafficSettings(queue_timeout_s=queue_timeout_s)
         self._prefill_workers = prefill_workers
         self._metrics = metrics
-        self._queue_timeout_s = queue_timeout_s
-        self._heap: list[_Waiter] = []
-        self._seq = itertools.count()
-        self._inflight: set[int] = set()
+        self._slots: PriorityGate[Ticket] = PriorityGate(
+            capacity, self.settings.max_queue, self.settings.policy
+        )
+        self._prompts: PriorityGate[Ticket] = PriorityGate(
+            prompt_capacity or (lambda: 1 << 30), self.settings.max_queue, self.settings.policy
+        )
         self._tickets: dict[int, Ticket] = {}
-        self.rate = PrefillRate()
+        self.rate = PrefillRate()  # the prior, and the pool-wide figure when no worker is named
+        self.rates: dict[str, PrefillRate] = {}  # measured, per prefill worker
+
+    @property
+    def policy(self) -> str:
+        return self.settings.policy
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return len(self._tickets)
 
     def backlog(self, priority: int) -> Backlog:
-        queued = sum(w.ticket.prompt_tokens for w in self._heap if w.ticket.priority.priority >= priority)
-        running = sum(t.prompt_tokens for t in self._tickets.values() if t.prefilling)
+        """Prompt tokens that will be prefilled before a new request of `priority`:
+        queued and in-flight prefills of equal or higher priority (workers order
+        their own queues by priority too); with fcfs, all of them."""
+        fcfs = self.settings.policy == "fcfs"
+
+        def ahead(t: Ticket) -> bool:
+            return fcfs or t.priority.priority >= priority
+
+        queued = sum(t.prompt_tokens for t in self._slots.queued() if ahead(t))
+        running = sum(t.prompt_tokens for t in self._tickets.values() if t.prefilling and ahead(t))
         return Backlog(queued + running, self._prefill_workers())
 
+    # ----- decode slots ------------------------------------------------------
     async def admit(self, cls: PriorityClass, prompt_tokens: int, deadline: float | None) -> Ticket:
         now = time.monotonic()
         self._check_deadline(cls, prompt_tokens, deadline, now)
         ticket = Ticket(cls, prompt_tokens, deadline, now)
-        waiter = _Waiter((-cls.priority, next(self._seq)), ticket, asyncio.get_running_loop().create_future())
-        heapq.heappush(self._heap, waiter)
-        self._gauge(cls)
-        self._dispatch()
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), self._queue_timeout_s)
-        except TimeoutError:
-            self._forget(waiter)
-            if waiter.future.done() and not waiter.future.cancelled():
-                self.release(ticket)  # granted in the same loop turn the timeout fired
-            raise Unavailable(
-                f"no capacity: waited {self._queue_timeout_s:.0f} s in the {cls.name!r} queue",
-                retry_after_s=5,
-            ) from None
-        except asyncio.CancelledError:
-            self._forget(waiter)
-            if waiter.future.done() and not waiter.future.cancelled():
-                self.release(ticket)
-            raise
+        await self._wait(self._slots, ticket, "decode")
+        ticket.granted_at = time.monotonic()
+        self._tickets[id(ticket)] = ticket
         # Queueing took time; re-check so a request is shed rather than served late.
         try:
             self._check_deadline(cls, prompt_tokens, deadline, time.monotonic(), queued=True)
@@ -97,54 +126,139 @@ class TrafficController:
             raise
         return ticket
 
-    def first_token(self, ticket: Ticket, computed_tokens: int) -> None:
-        """The prefill is over: learn from it and drop it from the backlog."""
-        if ticket.prefilling:
-            ticket.prefilling = False
-            self.rate = self.rate.learn(computed_tokens, time.monotonic() - ticket.granted_at)
-
     def release(self, ticket: Ticket) -> None:
         if ticket.released:
             return
         ticket.released = True
-        self._inflight.discard(id(ticket))
-        self._tickets.pop(id(ticket), None)
-        self._dispatch()
+        if self._tickets.pop(id(ticket), None) is not None:
+            self._slots.release()
+
+    # ----- prompts on prefill workers ---------------------------------------
+    @contextlib.asynccontextmanager
+    async def prompt_slot(self, ticket: Ticket) -> AsyncIterator[None]:
+        """Hold one of the prefill workers' prompt slots (priority-ordered)."""
+        await self._wait(self._prompts, ticket, "prefill")
+        ticket.granted_at = time.monotonic()  # the prefill's own time starts now (rate learning)
+        try:
+            yield
+        finally:
+            self._prompts.release()
+            self._gauges(ticket.priority)
+
+    # ----- learning ----------------------------------------------------------
+    def first_token(
+        self,
+        ticket: Ticket,
+        computed_tokens: int,
+        worker: str | None = None,
+        tokens_before: int = 0,
+    ) -> None:
+        """The prefill is over: learn the worker's rate from it (its own tokens
+        and the `tokens_before` it had to work through first) and drop it from
+        the backlog."""
+        if not ticket.prefilling:
+            return
+        ticket.prefilling = False
+        seconds = time.monotonic() - ticket.granted_at
+        tokens = computed_tokens + max(0, tokens_before)
+        self.rate = self.rate.learn(tokens, seconds)
+        if worker is not None:
+            self.rates[worker] = self.rates.get(worker, self.rate).learn(tokens, seconds)
 
     def kick(self) -> None:
         """Capacity may have grown (a worker came back): serve queued requests."""
-        self._dispatch()
+        self._slots.dispatch()
+        self._prompts.dispatch()
+
+    # ----- helpers -----------------------------------------------------------
+    async def _wait(self, gate: PriorityGate[Ticket], ticket: Ticket, phase: str) -> None:
+        cls = ticket.priority
+        priority = cls.priority
+        try:
+            future, shed = gate.enqueue(ticket, priority)
+        except Shed:
+            self._shed(cls, "queue_full")
+            raise self._overloaded(cls, phase) from None
+        if shed is not None:
+            self._shed(shed.priority, "displaced")
+        self._gauges(cls, shed.priority if shed else None)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.settings.queue_timeout_s)
+        except TimeoutError:
+            gate.forget(ticket)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                gate.release()  # granted in the same loop turn the timeout fired
+            self._shed(cls, "timeout")
+            raise Unavailable(
+                f"no capacity: waited {self.settings.queue_timeout_s:.0f} s in the {cls.name!r} {phase} queue",
+                retry_after_s=5,
+            ) from None
+        except Shed:
+            raise self._overloaded(cls, phase) from None
+        except asyncio.CancelledError:
+            gate.forget(ticket)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                gate.release()
+            raise
+        finally:
+            self._gauges(cls)
+        self._metrics.queue_wait.labels(priority=cls.name, phase=phase).observe(
+            time.monotonic() - ticket.enqueued_at
+        )
+
+    def _overloaded(self, cls: PriorityClass, phase: str) -> Overloaded:
+        return Overloaded(
+            f"overloaded: the {phase} queue is full of requests at least as urgent as this "
+            f"{cls.name!r} one; retry later",
+            param="priority",
+            code="overloaded",
+            retry_after_s=self._retry_after(cls.priority),
+        )
+
+    def _retry_after(self, priority: int) -> float:
+        backlog = self.backlog(priority)
+        wait = drain_seconds(
+            list(self.rates.values()), backlog.prefill_workers, self.rate, backlog.tokens_ahead
+        )
+        return min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, wait))
 
     def _check_deadline(
-        self, cls: PriorityClass, tokens: int, deadline: float | None, now: float, queued: bool = False
+        self,
+        cls: PriorityClass,
+        tokens: int,
+        deadline: float | None,
+        now: float,
+        queued: bool = False,
     ) -> None:
         if deadline is None:
             return
         backlog = Backlog(0, 1) if queued else self.backlog(cls.priority)
-        decision = decide(self.rate, backlog, tokens, deadline - now)
+        rates = list(self.rates.values())
+        decision = decide_measured(
+            rates, backlog.prefill_workers, self.rate, backlog.tokens_ahead, tokens, deadline - now
+        )
         if not decision.admit:
+            self._shed(cls, "deadline")
             where = "after queueing, " if queued else ""
-            raise DeadlineRejected(f"{where}{decision.reason}", param="priority", code="deadline_unmeetable")
+            raise DeadlineRejected(
+                f"{where}{decision.reason}",
+                param="priority",
+                code="deadline_unmeetable",
+                retry_after_s=self._retry_after(cls.priority),
+            )
 
-    def _dispatch(self) -> None:
-        while self._heap and len(self._inflight) < self._capacity():
-            waiter = heapq.heappop(self._heap)
-            self._gauge(waiter.ticket.priority)
-            if waiter.future.done():
+    def _shed(self, cls: PriorityClass, reason: str) -> None:
+        self._metrics.shed.labels(priority=cls.name, reason=reason).inc()
+
+    def _gauges(self, *classes: PriorityClass | None) -> None:
+        for cls in classes:
+            if cls is None:
                 continue
-            waiter.ticket.granted_at = time.monotonic()
-            self._inflight.add(id(waiter.ticket))
-            self._tickets[id(waiter.ticket)] = waiter.ticket
-            waiter.future.set_result(None)
-
-    def _forget(self, waiter: _Waiter) -> None:
-        if waiter in self._heap:
-            self._heap.remove(waiter)
-            heapq.heapify(self._heap)
-        if not waiter.future.done():
-            waiter.future.cancel()
-        self._gauge(waiter.ticket.priority)
-
-    def _gauge(self, cls: PriorityClass) -> None:
-        depth = sum(1 for w in self._heap if w.ticket.priority.name == cls.name)
-        self._metrics.queue_depth.labels(priority=cls.name).set(depth)
+            for name, gate in (("decode", self._slots), ("prefill", self._prompts)):
+                depth = sum(1 for t in gate.queued() if t.priority.name == cls.name)
+                gauge = (
+                    self._metrics.queue_depth
+                    if name == "decode"
+                    else self._metrics.prefill_queue_depth
+                )
+                gauge.labels(priority=cls.name).set(depth)

@@ -8,6 +8,7 @@ Every call carries a deadline; gRPC errors become router errors
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
@@ -68,6 +69,24 @@ class PrefillResult:
     transfer_wait_s: float
     kv_bytes: int
     transport: str
+
+
+@dataclass(frozen=True)
+class Urgency:
+    """What the worker's scheduler orders by: priority, then the TTFT deadline."""
+
+    priority: int = 0
+    deadline: float | None = None  # time.monotonic() of this process
+
+
+NO_URGENCY = Urgency()
+
+
+def urgency_message(u: Urgency, now: float) -> pb.Urgency:
+    """The deadline travels as seconds left (the worker's clock is its own); one
+    already past is sent as the smallest positive value: due now, most urgent."""
+    left = 0.0 if u.deadline is None else max(u.deadline - now, 1e-6)
+    return pb.Urgency(priority=u.priority, ttft_seconds_left=left)
 
 
 def sampling_message(p: SamplingParams) -> pb.SamplingParams:
@@ -138,19 +157,35 @@ class WorkerClient:
         return load, r.prefix_hit_tokens
 
     async def generate(
-        self, request_id: str, prompt: Sequence[int], params: SamplingParams, timeout: float
+        self,
+        request_id: str,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        timeout: float,
+        urgency: Urgency = NO_URGENCY,
     ) -> AsyncGenerator[TokenEvent, None]:
         req = pb.GenerateRequest(
-            request_id=request_id, prompt_token_ids=list(prompt), sampling=sampling_message(params)
+            request_id=request_id,
+            prompt_token_ids=list(prompt),
+            sampling=sampling_message(params),
+            urgency=urgency_message(urgency, time.monotonic()),
         )
         async for event in self._stream(self._stub.Generate(req, timeout=timeout)):
             yield event
 
     async def reserve(
-        self, request_id: str, prompt: Sequence[int], params: SamplingParams, timeout: float = RESERVE_TIMEOUT_S
+        self,
+        request_id: str,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        timeout: float = RESERVE_TIMEOUT_S,
+        urgency: Urgency = NO_URGENCY,
     ) -> Reservation:
         req = pb.ReserveRequest(
-            request_id=request_id, prompt_token_ids=list(prompt), sampling=sampling_message(params)
+            request_id=request_id,
+            prompt_token_ids=list(prompt),
+            sampling=sampling_message(params),
+            urgency=pb.Urgency(priority=urgency.priority),
         )
         try:
             r = await self._stub.Reserve(req, timeout=timeout)
@@ -166,6 +201,7 @@ class WorkerClient:
         target_address: str,
         reservation: Reservation,
         timeout: float,
+        urgency: Urgency = NO_URGENCY,
     ) -> PrefillResult:
         target = pb.KVTarget(
             address=target_address,
@@ -176,7 +212,11 @@ class WorkerClient:
             host_id=reservation.host_id,
         )
         req = pb.PrefillRequest(
-            request_id=request_id, prompt_token_ids=list(prompt), sampling=sampling_message(params), target=target
+            request_id=request_id,
+            prompt_token_ids=list(prompt),
+            sampling=sampling_message(params),
+            target=target,
+            urgency=urgency_message(urgency, time.monotonic()),
         )
         try:
             r = await self._stub.Prefill(req, timeout=timeout)
