@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from tandem.launch.ray import RayLauncher
     from tandem.launch.spec import WorkerSpec
     from tandem.launch.supervisor import Supervised, SupervisedWorker
+
+from tandem.launch.scaling import AutoscaleConfig
 
 log = logging.getLogger("tandem.serve")
 
@@ -43,6 +46,7 @@ class ServeConfig:
     ray_address: str | None = None
     ready_timeout_s: float = 300.0
     worker_options: tuple[str, ...] = ()  # extra `tandem worker` flags
+    autoscale: AutoscaleConfig | None = None  # --autoscale: flip workers between roles
 
     def __post_init__(self) -> None:
         if self.model is not None and not (Path(self.model) / "config.json").is_file():
@@ -63,6 +67,19 @@ class ServeConfig:
             raise ValueError("--ray-address: only with --launcher ray")
         if self.ready_timeout_s <= 0:
             raise ValueError(f"--ready-timeout: must be > 0, got {self.ready_timeout_s}")
+        if self.autoscale is not None:
+            if self.launcher != "local":
+                raise ValueError(
+                    "--autoscale: only with --launcher local (it scrapes local workers)"
+                )
+            if self.prefill < 1:
+                raise ValueError(
+                    f"--prefill: --autoscale needs at least 1 prefill worker, got {self.prefill}"
+                )
+
+    @property
+    def workers(self) -> int:
+        return self.prefill + self.decode
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,8 +90,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "Without --model, serves a tiny random-weight demo model.",
     )
     p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: tiny demo)")
-    p.add_argument("--prefill", type=int, default=1, help="prefill workers (0: colocated workers)")
-    p.add_argument("--decode", type=int, default=1, help="decode workers")
+    p.add_argument("--prefill", type=int, default=None,
+                   help="prefill workers (default 1; 0: colocated workers; with --autoscale: "
+                   "the initial split, default half of --workers)")  # fmt: skip
+    p.add_argument("--decode", type=int, default=None,
+                   help="decode workers (default 1; with --autoscale: --workers minus --prefill)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="router address to listen on")
     p.add_argument("--port", type=int, default=8000, help="router HTTP port")
     p.add_argument("--min-prompt-tokens", type=int, default=256,
@@ -89,14 +109,94 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=None,
         help="KV pool size of each worker (default: sized from memory)",
     )
+    _autoscale_arguments(p)
     p.set_defaults(func=_run)
 
 
+_D = AutoscaleConfig()
+#: --autoscale knobs: flag, type, default, help (defaults are the planner's Policy).
+_AUTOSCALE_FLAGS: tuple[tuple[str, type, object, str], ...] = (
+    ("--ttft-slo", float, _D.ttft_slo_s, "TTFT p99 target, seconds (default: unused)"),
+    ("--tpot-slo", float, _D.tpot_slo_s, "TPOT p99 target, seconds (default: unused)"),
+    ("--target-busy", float, _D.target_busy, "prefill workers' busy fraction at target"),
+    ("--target-kv-usage", float, _D.target_kv_usage, "decode workers' KV-block usage at target"),
+    ("--tolerance", float, _D.tolerance, "pressure within 1 +- this changes nothing"),
+    ("--scale-interval", float, _D.interval_s, "seconds between scrapes (the signal window)"),
+    ("--scale-up-window", float, _D.scale_up_window_s, "seconds a growth must be asked for"),
+    ("--scale-down-window", float, _D.scale_down_window_s,
+     "seconds a shrink (the donor side of a flip) must be asked for"),
+    ("--cooldown", float, _D.cooldown_s, "seconds after a change before the next one"),
+    ("--min-requests", int, _D.min_requests, "finished requests a window needs for TTFT/TPOT"),
+    ("--flip-timeout", float, _D.flip_timeout_s, "longest wait for a drain and SetRole, seconds"),
+)  # fmt: skip
+
+
+def _autoscale_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("autoscaling")
+    g.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="run the planner over the workers; flip them between prefill and decode",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="workers with --autoscale (the GPU budget; default --prefill + --decode)",
+    )
+    for flag, kind, default, text in _AUTOSCALE_FLAGS:
+        shown = "" if default is None else f" (default {default})"
+        g.add_argument(flag, type=kind, default=default, help=text + shown)  # fmt: skip
+
+
+def _split(args: argparse.Namespace) -> tuple[int, int]:
+    """Prefill and decode workers to start: the plain defaults, or --workers split
+    (evenly unless --prefill or --decode says otherwise)."""
+    if not args.autoscale:
+        if args.workers is not None:
+            raise ValueError("--workers: only with --autoscale (else use --prefill/--decode)")
+        return _or(args.prefill, 1), _or(args.decode, 1)
+    n = args.workers if args.workers is not None else _or(args.prefill, 1) + _or(args.decode, 1)
+    if n < 2:
+        raise ValueError(f"--workers: --autoscale needs at least 2 (one per role), got {n}")
+    if args.prefill is not None:
+        prefill = args.prefill
+    else:
+        prefill = n - args.decode if args.decode is not None else n // 2
+    decode = _or(args.decode, n - prefill)
+    if prefill + decode != n:
+        raise ValueError(f"--workers: {n} is not --prefill {prefill} + --decode {decode}")
+    return prefill, decode
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _autoscale_config(args: argparse.Namespace) -> AutoscaleConfig | None:
+    if not args.autoscale:
+        return None
+    return AutoscaleConfig(
+        interval_s=args.scale_interval,
+        ttft_slo_s=args.ttft_slo,
+        tpot_slo_s=args.tpot_slo,
+        target_busy=args.target_busy,
+        target_kv_usage=args.target_kv_usage,
+        tolerance=args.tolerance,
+        scale_up_window_s=args.scale_up_window,
+        scale_down_window_s=args.scale_down_window,
+        cooldown_s=args.cooldown,
+        min_requests=args.min_requests,
+        flip_timeout_s=args.flip_timeout,
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    prefill, decode = _split(args)
     return ServeConfig(
         model=args.model,
-        prefill=args.prefill,
-        decode=args.decode,
+        prefill=prefill,
+        decode=decode,
         host=args.host,
         port=args.port,
         min_prompt_tokens=args.min_prompt_tokens,
@@ -107,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         worker_options=()
         if args.num_kv_blocks is None
         else ("--num-kv-blocks", str(args.num_kv_blocks)),
+        autoscale=_autoscale_config(args),
     )
 
 
@@ -144,7 +245,7 @@ async def serve(config: ServeConfig) -> int:
     from tandem.launch.local import LocalProcess
     from tandem.launch.readiness import NotReady, http_ready, wait_ready, worker_ready
     from tandem.launch.spec import plan_workers, worker_roles
-    from tandem.launch.supervisor import Supervisor, stop_all
+    from tandem.launch.supervisor import stop_all
 
     t0 = time.monotonic()
     stop = asyncio.Event()
@@ -160,6 +261,9 @@ async def serve(config: ServeConfig) -> int:
             len(roles), len(gpus),
         )  # fmt: skip
     specs = plan_workers(model, roles, gpus, config.worker_options)
+    if config.autoscale is not None:
+        # Flexible workers change role: name them by position, not by their first role.
+        specs = [dataclasses.replace(s, name=f"worker-{i}") for i, s in enumerate(specs)]
     launcher = await asyncio.to_thread(_make_launcher, config)
     for sig in (signal.SIGINT, signal.SIGTERM):  # again: ray.init replaces SIGTERM's handler
         loop.add_signal_handler(sig, stop.set)
@@ -186,7 +290,7 @@ async def serve(config: ServeConfig) -> int:
             return 0
         log.info("ready in %.1fs", time.monotonic() - t0)
         print(f"Tandem serving {Path(model).name} at {url}/v1", flush=True)
-        await Supervisor(procs).watch(stop)
+        await _watch(config, procs, workers, stop)
         return 0
     except NotReady as exc:
         log.error("start-up failed: %s", exc)
@@ -195,6 +299,34 @@ async def serve(config: ServeConfig) -> int:
         # Router first: it stops taking requests before the workers go away.
         await stop_all(list(reversed(procs)))
         await asyncio.to_thread(launcher.close)
+
+
+async def _watch(
+    config: ServeConfig,
+    procs: list[Supervised],
+    workers: list[SupervisedWorker],
+    stop: asyncio.Event,
+) -> None:
+    """Supervise the processes; with --autoscale, run the planner's loop beside."""
+    from tandem.launch.supervisor import Supervisor
+
+    if config.autoscale is None:
+        await Supervisor(procs).watch(stop)
+        return
+    from tandem.launch.autoscale import Autoscaler, Member
+    from tandem.launch.local import LocalWorker
+
+    local = [w for w in workers if isinstance(w, LocalWorker)]  # --autoscale implies local
+    members = [Member(w.name, w.address, w.metrics_url) for w in local]
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
+    scaler = Autoscaler(config.autoscale, members, f"http://{host}:{config.port}/metrics")
+    p = scaler.policy
+    log.info(
+        "autoscale: %d workers (%d prefill, %d decode), interval %gs, windows up %gs / down %gs, "
+        "cooldown %gs", len(members), config.prefill, config.decode, config.autoscale.interval_s,
+        p.scale_up_window_s, p.scale_down_window_s, p.cooldown_s,
+    )  # fmt: skip
+    await asyncio.gather(Supervisor(procs).watch(stop), scaler.run(stop))
 
 
 def _worker(launcher: LocalLauncher | RayLauncher, spec: WorkerSpec) -> SupervisedWorker:
