@@ -14,8 +14,9 @@ role the same way it flips one (see `tandem.operator.flips`).
 Sizes come from the planner's last decision, which the operator keeps in
 `status.lastScaling` (so reconcile stays level-triggered and a restart resumes
 it): fixed = minReplicas per role, flexible = the rest, plus one replica for
-each pod still draining before its removal, so lowering the count never
-deletes a pod that has streams in flight.
+each pod still draining before its removal, and never fewer than the flexible
+pods not yet drained: the count drops only when a drained pod is marked for
+deletion, so lowering it never deletes a pod that has streams in flight.
 """
 
 from __future__ import annotations
@@ -82,24 +83,29 @@ def _annotation(pod: Manifest, key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def draining_for_removal(pods: Sequence[Manifest]) -> int:
-    """Flexible pods still draining before removal: their replicas are held."""
-    return sum(
-        1
+def _staying(pods: Sequence[Manifest]) -> list[Manifest]:
+    """Flexible pods not yet drained for removal (nor going away)."""
+    return [
+        p
         for p in pods
         if is_flexible(p)
-        and _annotation(p, SCALE_DOWN) == "drain"
+        and _annotation(p, SCALE_DOWN) != "drained"
         and not p.get("metadata", {}).get("deletionTimestamp")
-    )
+    ]
 
 
 def scale_of(
     spec: api.InferencePoolSpec, status: Mapping[str, Any], pods: Sequence[Manifest]
 ) -> Scale:
+    """The Deployments' sizes. The flexible count never drops below the flexible pods not
+    yet drained: whatever lowered the desired counts (a decision, a smaller maxReplicas),
+    a pod leaves only after its drain, by being marked `drained`."""
     desired = desired_counts(spec, status)
     fixed = Counts(spec.prefill.min_replicas, spec.decode.min_replicas)
-    flexible = desired.prefill - fixed.prefill + desired.decode - fixed.decode
-    return Scale(desired, fixed, flexible + draining_for_removal(pods))
+    staying = _staying(pods)
+    draining = sum(1 for p in staying if _annotation(p, SCALE_DOWN) == "drain")
+    wanted = desired.prefill - fixed.prefill + desired.decode - fixed.decode
+    return Scale(desired, fixed, max(wanted + draining, len(staying)))
 
 
 def flexible_selector(pool_name: str) -> dict[str, str]:

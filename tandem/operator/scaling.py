@@ -216,8 +216,9 @@ async def _one(tools: Tools, pool: PoolRef, step: Step, view: PodView, pod: Mani
         await _annotate(tools, pool, step.pod, {SCALE_DOWN: "drain"})
         return True
     if step.kind == "delete":
+        # The ReplicaSet usually got there first (lowest deletion cost); this covers a
+        # ReplicaSet that removed another pod in a race.
         await asyncio.to_thread(tools.kube.delete_pod, pool.namespace, step.pod)
-        tools.post(Event("Normal", "WorkerRemoved", f"pod {step.pod} drained and deleted"))
         return True
     address = tools.book.of(pod).grpc
     if address is None:
@@ -228,6 +229,7 @@ async def _one(tools: Tools, pool: PoolRef, step: Step, view: PodView, pod: Mani
         if not step.release:
             return False
         await _annotate(tools, pool, step.pod, {SCALE_DOWN: "drained", DELETION_COST: LOWEST_COST})
+        tools.post(Event("Normal", "WorkerRemoved", f"pod {step.pod} drained; removing it"))
         return True
     return await _switch(tools, pool, step, view, address)
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,13 +59,21 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 class OperatorProcess:
     """`tandem operator` watching one namespace, as the given kubeconfig's identity."""
 
-    def __init__(self, cluster: DevCluster, kubeconfig: Path, namespace: str, log: Path) -> None:
+    def __init__(
+        self,
+        cluster: DevCluster,
+        kubeconfig: Path,
+        namespace: str,
+        log: Path,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.cluster, self.kubeconfig, self.namespace, self.log = (
             cluster,
             kubeconfig,
             namespace,
             log,
         )
+        self.extra = tuple(extra)  # more `tandem operator` flags
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -75,6 +83,7 @@ class OperatorProcess:
             "--kubeconfig", str(self.kubeconfig),
             "--namespace", self.namespace,
             "--default-image", "tandem:test",
+            *self.extra,
         ]  # fmt: skip
         env = {**self.cluster.env(self.kubeconfig), "TANDEM_LOG_LEVEL": "INFO"}
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -95,6 +95,8 @@ def test_clusterrole_grants_only_what_the_operator_uses(dev_cluster: DevCluster)
     assert not any(v in ("update", "deletecollection", "escalate", "bind") for *_, v in granted)
     assert ("", "secrets", "get") not in granted
     assert ("apps", "deployments", "patch") in granted  # server-side apply
+    # The scaling loop: list, mark/relabel and delete drained pods; it never creates pods.
+    assert {v for g, r, v in granted if (g, r) == ("", "pods")} == {"get", "list", "patch", "delete"}
 
 
 @pytest.fixture

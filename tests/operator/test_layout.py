@@ -80,6 +80,18 @@ def test_a_pod_draining_for_removal_keeps_its_replica_until_drained() -> None:
     assert objects(s, status)[flex]["spec"]["replicas"] == 2
 
 
+def test_lower_bounds_never_delete_a_pod_before_its_drain() -> None:
+    """A smaller maxReplicas lowers the desired count at once; the flexible pods stay
+    until the operator has drained one and marked it."""
+    s = spec(decode={"replicas": 1, "minReplicas": 1, "maxReplicas": 1})
+    status = {"lastScaling": {"prefill": 2, "decode": 3}}
+    pods = (flexible_pod("a"), flexible_pod("b"), flexible_pod("c"))
+    flex = ("Deployment", "llama-flexible")
+    assert objects(s, status, pods)[flex]["spec"]["replicas"] == 3
+    gone = (flexible_pod("a", **{"tandem.dev/scale-down": "drained"}), *pods[1:])
+    assert objects(s, status, gone)[flex]["spec"]["replicas"] == 2
+
+
 @pytest.mark.parametrize(
     ("counts", "budgets"),
     [

@@ -223,7 +223,11 @@ def test_fields_dropped_from_the_spec_are_applied() -> None:
               "tolerations": [{"key": "gpu", "operator": "Exists"}]}  # fmt: skip
     before = spec(decode=placed)
     after = spec(decode={"replicas": 1, "nodeSelector": {"gpu": "h100"}})
-    plan = reconcile(Desired(POOL, after, "img"), Observed(served(before), ready_status(before), NOW))
+    plan = reconcile(
+        Desired(POOL, after, "img"), Observed(served(before), ready_status(before), NOW)
+    )
     assert {key_of(m) for m in plan.apply} == {("Deployment", "p-decode")}
-    again = reconcile(Desired(POOL, after, "img"), Observed(served(after), ready_status(after), NOW))
+    again = reconcile(
+        Desired(POOL, after, "img"), Observed(served(after), ready_status(after), NOW)
+    )
     assert again.apply == ()
