@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tandem.launch.autoscale import Autoscaler, Member
 from tandem.launch.scaling import (
     HELD,
     ROUTER,
@@ -466,3 +468,96 @@ def test_serve_autoscale_follows_a_shift_from_prompt_heavy_to_output_heavy(tmp_p
     # The workers counted their own switches: one to prefill, one back to decode.
     assert switches == {"prefill": 1.0, "decode": 1.0}, switches
     assert len(re.findall(r"autoscale: worker-\d+ is now (prefill|decode)", log)) == 2
+
+
+# ----- the loop's shell, without processes ------------------------------------------------
+def _scaler() -> Autoscaler:
+    members = [Member(w, "127.0.0.1:1", "http://127.0.0.1:1/metrics") for w in ("w0", "w1")]
+    return Autoscaler(AutoscaleConfig(interval_s=1.0), members, "http://127.0.0.1:1/metrics")
+
+
+def test_a_router_that_does_not_answer_gives_no_decision_and_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scaler = _scaler()
+    workers = {"w0": _worker_text("prefill", 0.0), "w1": _worker_text("decode", 0.0)}
+    rounds = [_round(0.0, {**workers, ROUTER: ROUTER_TEXT})]
+    rounds += [_round(float(i), workers, {ROUTER: "timeout"}) for i in (1, 2, 3)]
+    with caplog.at_level("INFO", logger="tandem.serve"):
+        decisions = [scaler.step(a, b) for a, b in itertools.pairwise(rounds)]
+    assert [d.action for d in decisions] == ["degraded"] * 3
+    assert scaler.decisions == [] and scaler.state.recommendations == ()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["autoscale: degraded: signal source down: router; no scaling decision"]
+
+
+async def test_scrape_reads_pages_and_names_what_failed() -> None:
+    from aiohttp import ClientSession, ClientTimeout, web
+
+    from tandem.launch.spec import free_port
+
+    app = web.Application()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=_worker_text("decode", 1.0))
+
+    app.router.add_get("/metrics", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    dead = free_port()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        members = [Member(w, "127.0.0.1:1", url) for w in ("w0", "w1")]
+        scaler = Autoscaler(AutoscaleConfig(), members, f"http://127.0.0.1:{dead}/metrics")
+        async with ClientSession(timeout=ClientTimeout(total=5)) as session:
+            got = await scaler._scrape(session)
+    finally:
+        await runner.cleanup()
+    assert set(got.texts) == {"w0", "w1"} and "tandem_worker_role" in got.texts["w0"]
+    assert set(got.errors) == {ROUTER}
+
+
+# ----- bench/redistribution.py's pure parts -------------------------------------------------
+def _bench():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "redistribution", ROOT / "bench" / "redistribution.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["redistribution"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_runs_colocated_every_static_split_and_adaptive() -> None:
+    names = [p.name for p in _bench().policies(4, ["--cooldown", "6"])]
+    assert names == ["colocated", "static 1:3", "static 2:2", "static 3:1", "adaptive"]
+
+
+def test_bench_tallies_busy_per_role_and_counts_flips() -> None:
+    b = _bench()
+
+    def s(at: float, r1: str, busy1: float) -> object:
+        return b.Sample(at, {"w0": "prefill", "w1": r1}, {"w0": at * 0.5, "w1": busy1},
+                        {"w0": at * 100, "w1": 0.0}, {"w0": 0.0, "w1": at * 10})  # fmt: skip
+
+    samples = [s(0, "decode", 0.0), s(1, "decode", 0.2), s(2, "prefill", 1.2)]
+    t = b.tally(samples)
+    assert t["prefill"].worker_s == 3 and t["prefill"].busy_s == pytest.approx(2.0)
+    assert t["decode"].worker_s == 1 and t["decode"].busy_s == pytest.approx(0.2)
+    assert b.flips(samples) == 1
+
+
+def test_bench_fluid_bound_matches_redistribution_md() -> None:
+    b = _bench()
+    # Phase A: 2 GPU-s/s of prefill, 1 of decode; phase B the reverse. Adaptive needs 3 at
+    # any moment, a static split 2 + 2 = 4: the bound is 4/3.
+    a, bb = b.Phase(2000.0, 100.0, 10), b.Phase(1000.0, 200.0, 10)
+    got = b.fluid_bound(a, bb, cost_prefill=0.001, cost_decode=0.01)
+    assert got["adaptive_over_static"] == pytest.approx(4 / 3)
+    # A stationary mix: no gain to be had.
+    assert b.fluid_bound(a, a, 0.001, 0.01)["adaptive_over_static"] == pytest.approx(1.0)
