@@ -1,0 +1,64 @@
+"""Linear least squares (pure Python, a handful of terms): the calibration's fit.
+
+The calibration grid has tens of points and at most five terms, so the normal
+equations solved by Gaussian elimination with partial pivoting are exact
+enough and keep the simulator free of numeric libraries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fit:
+    coefficients: tuple[float, ...]
+    rel_error_mean: float  # mean |predicted - measured| / measured over the grid
+    rel_error_max: float
+
+
+def least_squares(
+    rows: Sequence[Sequence[float]], y: Sequence[float], relative: bool = True
+) -> Fit:
+    """Coefficients c minimizing sum(w_i (x_i . c - y_i)^2); w_i = 1/y_i^2 when `relative`
+    (every grid point counts by its relative error, so short steps are not drowned)."""
+    if len(rows) != len(y) or not rows:
+        raise ValueError(f"need as many targets as rows, got {len(rows)} rows and {len(y)} targets")
+    k = len(rows[0])
+    if len(rows) < k:
+        raise ValueError(f"{k} terms need at least {k} measurements, got {len(rows)}")
+    # Columns scaled to a max of 1: the terms differ by many orders of magnitude.
+    scale = [max(abs(x[i]) for x in rows) or 1.0 for i in range(k)]
+    a = [[0.0] * k for _ in range(k)]
+    b = [0.0] * k
+    for raw, t in zip(rows, y, strict=True):
+        x = [v / s for v, s in zip(raw, scale, strict=True)]
+        w = 1.0 / (t * t) if relative and t else 1.0
+        for i in range(k):
+            b[i] += w * x[i] * t
+            for j in range(k):
+                a[i][j] += w * x[i] * x[j]
+    c = [v / s for v, s in zip(_solve(a, b), scale, strict=True)]
+    errs = [
+        abs(sum(ci * xi for ci, xi in zip(c, x, strict=True)) - t) / t
+        for x, t in zip(rows, y, strict=True)
+        if t
+    ]
+    return Fit(tuple(c), sum(errs) / len(errs) if errs else 0.0, max(errs, default=0.0))
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    n = len(b)
+    m = [[*row[:], b[i]] for i, row in enumerate(a)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[piv][col]) < 1e-300:
+            raise ValueError(f"the grid does not determine term {col}: vary it in the measurements")
+        m[col], m[piv] = m[piv], m[col]
+        for r in range(n):
+            if r != col:
+                f = m[r][col] / m[col][col]
+                for j in range(col, n + 1):
+                    m[r][j] -= f * m[col][j]
+    return [m[i][n] / m[i][i] for i in range(n)]
