@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "tandem.router.command",  # tandem router, tandem bench serve
     "tandem.serve_command",  # tandem serve
     "tandem.operator.command",  # tandem operator
+    "tandem.sim.command",  # tandem sim
     "tandem.audit.command",  # tandem audit
 )
 
