@@ -45,7 +45,9 @@ def _wait(check, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: f
 
 
 class Worker:
-    def __init__(self, model: Path, role: str, logdir: Path, num_kv_blocks: int = 1024) -> None:
+    def __init__(
+        self, model: Path, role: str, logdir: Path, num_kv_blocks: int = 1024, extra: Sequence[str] = ()
+    ) -> None:
         self.role = role
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -53,7 +55,7 @@ class Worker:
         self.log = logdir / f"worker-{role}-{self.port}.log"
         self.proc = _spawn(["worker", "--model", str(model), "--role", role, "--host", "127.0.0.1",
                             "--port", str(self.port), "--metrics-port", str(self.metrics_port), "--device", "cpu",
-                            "--dtype", "float32", "--num-kv-blocks", str(num_kv_blocks)], self.log)
+                            "--dtype", "float32", "--num-kv-blocks", str(num_kv_blocks), *extra], self.log)
 
     def wait(self) -> None:
         _wait(lambda: self.load().kv_blocks_total > 0, self.proc, self.log, f"{self.role} worker")
