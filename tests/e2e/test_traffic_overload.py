@@ -43,11 +43,15 @@ INTERACTIVE, INTERACTIVE_TOKENS = 4, 8
 def pool(tmp_path_factory):  # type: ignore[no-untyped-def]
     model = ensure_tiny_model()
     logs = tmp_path_factory.mktemp("logs")
-    worker = Worker(model, "both", logs, num_kv_blocks=2048, extra=("--max-num-batched-tokens", "16"))
+    worker = Worker(
+        model, "both", logs, num_kv_blocks=2048, extra=("--max-num-batched-tokens", "16")
+    )
     with stopping(worker):
         worker.wait()
         on = RouterProc([worker], model, logs, "--priority-classes", CLASSES)
-        off = RouterProc([worker], model, logs, "--priority-classes", CLASSES, "--traffic-policy", "fcfs")
+        off = RouterProc(
+            [worker], model, logs, "--priority-classes", CLASSES, "--traffic-policy", "fcfs"
+        )
         with stopping(on, off):
             on.wait()
             off.wait()
@@ -56,17 +60,23 @@ def pool(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 def _ttft(url: str, cls: str, prompt: list[int], max_tokens: int) -> tuple[int, float]:
     """(HTTP status, seconds to the first streamed token) of one completion."""
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
-            "priority": cls}
+    body = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "priority": cls,
+    }
     start = time.monotonic()
     first = float("inf")
     with requests.post(f"{url}/v1/completions", json=body, stream=True, timeout=300) as r:
         if r.status_code != 200:
             return r.status_code, first
         for line in r.iter_lines():
-            if line.startswith(b"data: {") and first == float("inf"):
-                if json.loads(line[6:])["choices"][0].get("text") is not None:
-                    first = time.monotonic() - start
+            first_chunk = first == float("inf") and line.startswith(b"data: {")
+            if first_chunk and json.loads(line[6:])["choices"][0].get("text") is not None:
+                first = time.monotonic() - start
     return 200, first
 
 
@@ -81,7 +91,9 @@ Results = list[tuple[int, float]]
 def _overload(url: str, worker: Worker, run: int) -> tuple[Results, Results, str]:
     with ThreadPoolExecutor(BATCH + INTERACTIVE) as ex:
         start = time.monotonic()
-        batch = [ex.submit(_ttft, url, "batch", _prompt(run, i, BATCH_TOKENS), 4) for i in range(BATCH)]
+        batch = [
+            ex.submit(_ttft, url, "batch", _prompt(run, i, BATCH_TOKENS), 4) for i in range(BATCH)
+        ]
         seen = (0, 0)
         # The urgent requests come once half the batch prompts wait in the engine behind the
         # one it is prefilling (requests reach it one by one, and the first may be done
@@ -101,16 +113,22 @@ def _overload(url: str, worker: Worker, run: int) -> tuple[Results, Results, str
 
 
 def test_priorities_keep_the_interactive_ttft_slo_and_fcfs_breaks_it(pool) -> None:  # type: ignore[no-untyped-def]
-    _ttft(pool["on"].url, "batch", _prompt(8, 0, BATCH_TOKENS), 1)  # warm-up: first-call costs stay out
-    alone = sum(_ttft(pool["on"].url, "batch", _prompt(9, i, BATCH_TOKENS), 1)[1] for i in range(2)) / 2
+    _ttft(
+        pool["on"].url, "batch", _prompt(8, 0, BATCH_TOKENS), 1
+    )  # warm-up: first-call costs stay out
+    alone = (
+        sum(_ttft(pool["on"].url, "batch", _prompt(9, i, BATCH_TOKENS), 1)[1] for i in range(2)) / 2
+    )
     slo = 2 * alone
 
     chat_on, batch_on, note_on = _overload(pool["on"].url, pool["worker"], run=1)
     chat_off, batch_off, note_off = _overload(pool["off"].url, pool["worker"], run=2)
 
-    report = (f"{note_on}; {note_off}; SLO {slo:.3f}s (one batch prompt alone {alone:.3f}s); interactive TTFT on "
-              f"{[round(t, 3) for _, t in chat_on]}, off {[round(t, 3) for _, t in chat_off]}; batch TTFT on "
-              f"{[round(t, 3) for _, t in batch_on]}, off {[round(t, 3) for _, t in batch_off]}")
+    report = (
+        f"{note_on}; {note_off}; SLO {slo:.3f}s (one batch prompt alone {alone:.3f}s); interactive TTFT on "
+        f"{[round(t, 3) for _, t in chat_on]}, off {[round(t, 3) for _, t in chat_off]}; batch TTFT on "
+        f"{[round(t, 3) for _, t in batch_on]}, off {[round(t, 3) for _, t in batch_off]}"
+    )
     print(report)
     assert all(s == 200 for s, _ in chat_on + batch_on + chat_off + batch_off), report
     # Priorities on: every interactive request within the SLO ...
