@@ -25,6 +25,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -60,7 +61,7 @@ def pool(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 def _ttft(url: str, cls: str, prompt: list[int], max_tokens: int) -> tuple[int, float]:
     """(HTTP status, seconds to the first streamed token) of one completion."""
-    body = {
+    body: dict[str, Any] = {
         "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0,
