@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
@@ -374,6 +375,15 @@ def plot(data: dict[str, object], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7))
     ax1.bar([r["policy"] for r in runs], [r["goodput_per_s_per_worker"] for r in runs])
     ax1.set_ylabel("goodput (req/s/worker)")
+    cmp = data["comparison"]
+    assert isinstance(cmp, dict)
+    if "adaptive_over_best_static_goodput" in cmp and "fluid_bound" in cmp:
+        ax1.text(
+            0.99, 0.95,
+            f"adaptive / best static {cmp['adaptive_over_best_static_goodput']:.2f}"
+            f" (fluid bound {cmp['fluid_bound']['adaptive_over_static']:.2f})",
+            transform=ax1.transAxes, ha="right", va="top",
+        )  # fmt: skip
     ax1.set_title(f"{data['trace']}, N={data['workers']}, {data['device']['device']}")  # type: ignore[index]
     adaptive = next(r for r in runs if r["policy"] == "adaptive")
     t = [c["t_s"] for c in adaptive["role_counts"]]
@@ -453,7 +463,7 @@ def report(
             )
     return {
         "benchmark": "bench/redistribution.py",
-        "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "command": shlex.join([".venv/bin/python", *sys.argv]),
         "device": device_info(args.device),
         "model": args.model or "tiny (tandem model make-tiny)",
         "trace": args.trace

@@ -60,6 +60,7 @@ class Autoscaler:
         self.decisions: list[Decision] = []  # every decision that changed something
         self._logged = LogState()
         self._flips: set[asyncio.Task[None]] = set()
+        self._flipping: set[str] = set()  # workers whose SetRole is in flight
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)
@@ -67,7 +68,10 @@ class Autoscaler:
             before = parsed(await self._scrape(session))
             while not await _sleep_until_stopped(stop, self.config.interval_s):
                 after = parsed(await self._scrape(session))
-                self.step(before, after)
+                try:
+                    self.step(before, after)
+                except Exception:  # the loop outlives one bad round; serving goes on
+                    log.exception("autoscale: round failed; no decision this round")
                 before = after
         for task in list(self._flips):
             task.cancel()
@@ -102,6 +106,10 @@ class Autoscaler:
         return Scrape(at, texts, errors)
 
     def _start_flip(self, f: Flip) -> None:
+        if f.worker in self._flipping:  # its drain has not shown in /metrics yet
+            log.warning("autoscale: %s is already switching role; not flipping it again", f.worker)
+            return
+        self._flipping.add(f.worker)
         task = asyncio.get_running_loop().create_task(self._flip(f))
         self._flips.add(task)
         task.add_done_callback(self._flips.discard)
