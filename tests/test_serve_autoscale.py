@@ -326,7 +326,9 @@ class Sampler:
     """Polls every worker's own /metrics: (time, roles by worker, KV used by worker)."""
 
     ports: dict[str, int]
+    router_port: int
     samples: list[tuple[float, dict[str, str], dict[str, float]]] = field(default_factory=list)
+    router: list[tuple[float, list[str]]] = field(default_factory=list)  # roles it routes by
     stop: threading.Event = field(default_factory=threading.Event)
 
     def page(self, name: str) -> str:
@@ -350,6 +352,7 @@ class Sampler:
         while not self.stop.wait(0.5):
             try:
                 self.samples.append(self.sample())
+                self.router.append((time.monotonic(), _router_roles(self.router_port)))
             except OSError:
                 continue  # one missed sample; the next comes in half a second
 
@@ -369,6 +372,11 @@ def _switches(sampler: Sampler) -> dict[str, float]:
             n = snap.value("tandem_worker_role_switches_total", to_role=role) or 0.0
             total[role] = total.get(role, 0.0) + n
     return total
+
+
+def _router_roles(port: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+        return sorted(w["role"] for w in json.load(resp)["workers"] if w["up"])
 
 
 def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
@@ -416,7 +424,7 @@ def test_serve_autoscale_follows_a_shift_from_prompt_heavy_to_output_heavy(tmp_p
         assert line.startswith("Tandem serving"), line + log_path.read_text()[-3000:]
         ports = {m[1]: int(m[2]) for m in STARTED.finditer(log_path.read_text())}
         assert len(ports) == WORKERS, log_path.read_text()[-3000:]
-        sampler = Sampler(ports)
+        sampler = Sampler(ports, port)
         _, roles0, idle = sampler.sample()
         assert sorted(roles0.values()) == ["decode", "decode", "prefill"]  # even split of 3
         thread = threading.Thread(target=sampler.run, daemon=True)
@@ -460,6 +468,9 @@ def test_serve_autoscale_follows_a_shift_from_prompt_heavy_to_output_heavy(tmp_p
     ]
     assert back and back[0] > shift, "decode regained its worker before the output-heavy phase"
     assert sampler.count("decode", back[0], t_end)[-1] == 2
+    # The router routes by the roles the workers report: it saw both flips.
+    seen = [roles.count("prefill") for t, roles in sampler.router]
+    assert 2 in seen and seen[-1] == 1, seen
     # The serve log: exactly one flip each way, in that order, and none after the last one
     # for more than a stabilization window of steady output-heavy load.
     flips = [(m[2], m[3]) for m in FLIP.finditer(log)]
