@@ -10,10 +10,12 @@ with the three figures fitted online (`StepCost.learn`, exponentially weighted
 least squares over measured steps: nothing here is a constant of the device).
 `split` then gives prefill the largest chunk whose predicted step time stays
 within the TPOT SLO, never less than `min_prefill_tokens` (so prefill always
-makes progress, even when the decodes alone already use up the SLO) and never
-more than the step's token budget leaves. Without an SLO, without running
-decodes, or before the model has seen enough steps, prefill takes all the
-budget the decodes leave (the plain unified-budget behaviour).
+makes progress) and never more than the step's token budget leaves. When the
+decodes alone already exceed the SLO there is nothing left to protect, and
+starving prefill would only grow the queue without bound: prefill then takes
+the whole remaining budget ("infeasible"). Without an SLO, without running
+decodes, or before the model has seen enough steps, prefill likewise takes all
+the budget the decodes leave (the plain unified-budget behaviour).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class StepCost:
 class Split:
     decode_rows: int
     prefill_tokens: int  # most prefill tokens this step may carry
-    limited_by: str  # "budget" | "slo" | "floor" (SLO already spent by decodes)
+    limited_by: str  # "budget" | "slo" | "floor" (SLO nearly spent) | "infeasible" (decodes alone exceed it)
 
 
 def split(policy: StepPolicy, cost: StepCost, decode_rows: int, token_budget: int) -> Split:
@@ -95,7 +97,9 @@ def split(policy: StepPolicy, cost: StepCost, decode_rows: int, token_budget: in
     if per_token <= 0:
         return Split(rows, room, "budget")
     spare = policy.tpot_slo_s - cost.predict(rows, 0)
-    allowed = math.floor(spare / per_token) if spare > 0 else 0
+    if spare <= 0:
+        return Split(rows, room, "infeasible")
+    allowed = math.floor(spare / per_token)
     if allowed >= room:
         return Split(rows, room, "budget")
     floor = min(room, policy.min_prefill_tokens)

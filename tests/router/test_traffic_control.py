@@ -214,3 +214,14 @@ def test_unknown_class_names_the_field_it_came_from() -> None:
     with pytest.raises(BadRequest) as header:
         resolve(classes, LOW, {PRIORITY_HEADER: ""}, "high")
     assert header.value.param == PRIORITY_HEADER
+
+
+def test_urgency_travels_as_seconds_left() -> None:
+    from tandem.router.worker_client import NO_URGENCY, Urgency, urgency_message
+
+    msg = urgency_message(Urgency(100, deadline=10.5), now=10.0)
+    assert (msg.priority, msg.ttft_seconds_left) == (100, 0.5)
+    # Already late: the smallest positive figure (due now), never 0 (which means "no deadline").
+    assert urgency_message(Urgency(5, deadline=9.0), now=10.0).ttft_seconds_left == 1e-6
+    none = urgency_message(NO_URGENCY, now=10.0)
+    assert (none.priority, none.ttft_seconds_left) == (0, 0.0)

@@ -57,10 +57,13 @@ COST = fitted(0.004, 0.0005, 0.00002)
         (StepPolicy(0.02), COST, 8, 2048, Split(8, 600, "slo")),
         # A looser SLO that the whole budget fits in.
         (StepPolicy(0.1), COST, 8, 2048, Split(8, 2040, "budget")),
-        # Decodes alone spend the SLO (4 + 32 ms > 20 ms): prefill keeps its floor.
-        (StepPolicy(0.02, min_prefill_tokens=32), COST, 64, 2048, Split(64, 32, "floor")),
-        # The floor never exceeds what the budget leaves.
-        (StepPolicy(0.02, min_prefill_tokens=32), COST, 2040, 2048, Split(2040, 8, "floor")),
+        # 30 rows: 4 + 15 = 19 ms, 1 ms left = 50 tokens, below the floor of 64: the floor.
+        (StepPolicy(0.02, min_prefill_tokens=64), COST, 30, 2048, Split(30, 64, "floor")),
+        # The floor never exceeds what the budget leaves: 31 rows leave 25 tokens of SLO,
+        # a budget of 61 leaves 30 tokens, the floor of 64 is cut to those 30.
+        (StepPolicy(0.02, min_prefill_tokens=64), COST, 31, 61, Split(31, 30, "floor")),
+        # Decodes alone exceed the SLO (4 + 32 ms > 20 ms): nothing to protect, no cap.
+        (StepPolicy(0.02, min_prefill_tokens=32), COST, 64, 2048, Split(64, 1984, "infeasible")),
         # More decode rows than the budget: the budget caps the rows, nothing left.
         (StepPolicy(0.02), COST, 3000, 2048, Split(2048, 0, "budget")),
     ],
