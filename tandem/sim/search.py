@@ -37,10 +37,14 @@ def simulate(cfg: SimConfig, cost: CostModel, requests: Sequence[SimRequest], ra
 
 
 def candidate_splits(
-    gpus: int, cost: CostModel, requests: Sequence[SimRequest], width: int = 2
+    gpus: int,
+    cost: CostModel,
+    requests: Sequence[SimRequest],
+    width: int = 2,
+    exhaustive_below: int = 10,
 ) -> list[int]:
     """Prefill worker counts to try: all for small pools, else around the fluid optimum."""
-    if gpus <= 10:
+    if gpus <= exhaustive_below:
         return list(range(1, gpus))
     p, d = gpu_seconds(cost, requests)
     best = round(gpus * p / (p + d)) if p + d > 0 else gpus // 2
