@@ -22,6 +22,11 @@ measured adaptive/best-static ratio, the fluid bound of
 per-role costs measured in these runs (busy seconds per prompt token on prefill
 workers, per output token on decode workers).
 
+With `--bisect K`, each policy then runs K more times at other rate scales
+(doubling, halving, then bisecting) to find REDISTRIBUTION.md's headline figure:
+the largest rate scale it sustains with >= 90% of requests meeting both SLOs,
+reported per policy and as adaptive / best static / colocated ratios.
+
 Writes OUT.json (device, versions, every figure, the command) and OUT.png
 (goodput per policy; adaptive's role counts over time).
 """
@@ -47,6 +52,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -213,6 +219,31 @@ def summarize(
         "role_counts": role_counts(samples, t0),
         "errors": s["errors"],
     }
+
+
+ATTAINMENT = 0.9  # REDISTRIBUTION.md: the rate sustained with >= 90% of requests in SLO
+
+
+def next_probe(probes: Sequence[tuple[float, float]], target: float = ATTAINMENT) -> float:
+    """The next rate scale to try in the search for the largest one whose SLO attainment
+    is >= target: double past the passing ones, halve below the failing ones, then bisect."""
+    if not probes:
+        raise ValueError("the search starts from one measured rate scale")
+    ok = [r for r, a in probes if a >= target]
+    bad = [r for r, a in probes if a < target]
+    if not bad:
+        return 2.0 * max(ok)
+    if not ok:
+        return min(bad) / 2.0
+    below = [r for r in ok if r < min(bad)]
+    return (max(below, default=0.0) + min(bad)) / 2.0
+
+
+def sustained(probes: Sequence[tuple[float, float]], target: float = ATTAINMENT) -> float | None:
+    """The largest probed rate scale that met the target, below every failing one."""
+    bad = min((r for r, a in probes if a < target), default=float("inf"))
+    ok = [r for r, a in probes if a >= target and r < bad]
+    return max(ok) if ok else None
 
 
 # ----- I/O -----------------------------------------------------------------------------
@@ -385,7 +416,7 @@ def plot(data: dict[str, object], path: Path) -> None:
             transform=ax1.transAxes, ha="right", va="top",
         )  # fmt: skip
     ax1.set_title(f"{data['trace']}, N={data['workers']}, {data['device']['device']}")  # type: ignore[index]
-    adaptive = next(r for r in runs if r["policy"] == "adaptive")
+    adaptive: dict[str, Any] = next((r for r in runs if r["policy"] == "adaptive"), {"role_counts": []})
     t = [c["t_s"] for c in adaptive["role_counts"]]
     for role in ("prefill", "decode"):
         ax2.step(t, [c[role] for c in adaptive["role_counts"]], where="post", label=role)
@@ -417,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated policy names to run")
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--request-timeout", type=float, default=300.0)
+    p.add_argument("--bisect", type=int, default=0,
+                   help="then search each policy's largest rate scale with >= 90%% of requests "
+                   "in SLO, with this many more runs per policy")  # fmt: skip
     p.add_argument("--note", default="")
     p.add_argument("--out", required=True, help="path prefix: writes PREFIX.json and PREFIX.png")
     args = p.parse_args(argv)
@@ -432,13 +466,40 @@ def main(argv: list[str] | None = None) -> int:
         todo = [x for x in todo if x.name in args.only.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run_policy(args, x, Path(tmp)) for x in todo]
+        searches = [search(args, x, r, Path(tmp)) for x, r in zip(todo, runs, strict=True)]
     data = report(args, runs, phase_s / args.rate_scale)
+    if args.bisect:
+        data["sustained_rate"] = sustained_report(searches)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(data, indent=2) + "\n")
     plot(data, Path(f"{args.out}.png"))
     print(table(runs))
     print(json.dumps(data["comparison"], indent=2))
     return 0
+
+
+def search(
+    args: argparse.Namespace, policy: Policy, first: dict[str, object], logdir: Path
+) -> dict[str, object]:
+    """`--bisect` more runs of one policy at other rate scales (none without it)."""
+    probes = [(args.rate_scale, float(first["slo_attainment"]))]  # type: ignore[arg-type]
+    for _ in range(args.bisect):
+        scale = next_probe(probes)
+        run_args = argparse.Namespace(**{**vars(args), "rate_scale": scale})
+        probes.append((scale, float(run_policy(run_args, policy, logdir)["slo_attainment"])))  # type: ignore[arg-type]
+    return {"policy": policy.name, "probes": probes, "sustained_rate_scale": sustained(probes)}
+
+
+def sustained_report(searches: Sequence[dict[str, object]]) -> dict[str, object]:
+    by = {str(x["policy"]): x["sustained_rate_scale"] for x in searches}
+    static = {k: v for k, v in by.items() if k.startswith("static") and v is not None}
+    best = max(static.values(), default=None)  # type: ignore[type-var]
+    out: dict[str, object] = {"target_attainment": ATTAINMENT, "searches": list(searches)}
+    for name in ("adaptive", "colocated"):
+        v = by.get(name)
+        if best and v is not None:
+            out[f"{name}_over_best_static"] = float(v) / float(best)  # type: ignore[arg-type]
+    return out
 
 
 def report(

@@ -572,3 +572,22 @@ def test_bench_fluid_bound_matches_redistribution_md() -> None:
     assert got["adaptive_over_static"] == pytest.approx(4 / 3)
     # A stationary mix: no gain to be had.
     assert b.fluid_bound(a, a, 0.001, 0.01)["adaptive_over_static"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("probes", "next_scale", "best"),
+    [
+        ([(1.0, 0.95)], 2.0, 1.0),  # passing: double
+        ([(1.0, 0.95), (2.0, 0.97)], 4.0, 2.0),
+        ([(1.0, 0.5)], 0.5, None),  # failing: halve
+        ([(1.0, 0.95), (2.0, 0.6)], 1.5, 1.0),  # bracketed: bisect
+        ([(1.0, 0.95), (2.0, 0.6), (1.5, 0.91)], 1.75, 1.5),
+        ([(1.0, 0.5), (0.5, 0.92)], 0.75, 0.5),
+        # noise: a pass above a failure does not count as sustained
+        ([(1.0, 0.95), (2.0, 0.6), (4.0, 0.93)], 1.5, 1.0),
+    ],
+)
+def test_bench_rate_search(probes: list, next_scale: float, best: float | None) -> None:
+    b = _bench()
+    assert b.next_probe(probes) == pytest.approx(next_scale)
+    assert b.sustained(probes) == best
