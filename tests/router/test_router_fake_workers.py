@@ -424,3 +424,39 @@ async def _serve(worker: FakeWorker) -> grpc.aio.Server:
     worker.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     await server.start()
     return server
+
+
+class _Flippable(FakeWorker):
+    """Reports what a real worker's Load says during a flip: draining, then the new role."""
+
+    draining: bool = False
+
+    async def Load(self, request, context):
+        return pb.LoadResponse(role=self.role, kv_blocks_total=100, kv_blocks_free=100, draining=self.draining)
+
+
+async def test_router_follows_a_flip_from_the_polled_load() -> None:
+    flipping, other = _Flippable("decode"), FakeWorker("decode")
+    servers = [await _serve(w) for w in (flipping, other)]
+    router = await _router([flipping.address, other.address])
+    url = f"http://127.0.0.1:{router.http_port}/v1/completions"
+
+    async def until(check) -> None:
+        deadline = time.monotonic() + 5
+        while not check({v.name: v for v in router.registry.views()}[flipping.address]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+    try:
+        flipping.draining = True
+        await until(lambda v: not v.usable)
+        for _ in range(3):
+            status, body, _ = await _post(url, {"prompt": [5, 6], "max_tokens": 2})
+            assert status == 200, body
+        assert flipping.calls == [] and len(other.calls) == 3  # nothing new while it drains
+        flipping.role, flipping.draining = "prefill", False
+        await until(lambda v: v.usable and v.role == "prefill")
+    finally:
+        await router.stop()
+        for s in servers:
+            await s.stop(None)
