@@ -15,7 +15,11 @@ into partitions computed in parallel; each writes its normalized partial
 output and log-sum-exp, and `_paged_decode_reduce_kernel` combines them with
 weights exp(lse_i - max lse). The split count depends only on shapes (the
 block table's width), never on the values in seq_lens, so the launch needs no
-host sync and can be captured in a CUDA graph.
+host sync and can be captured in a CUDA graph. Each sequence's own length is
+cut into that many partitions at run time (in the kernel, from seq_lens, at
+least `min_split` tokens each): a graph captured for the longest context
+would otherwise give a 1k-token sequence to one partition of thousands of
+tokens and leave the other programs idle.
 
 Layout: q [B, num_heads, head_dim]; caches [num_blocks, block_size,
 num_kv_heads, head_dim]; query head h reads KV head h // (num_heads // num_kv_heads).
@@ -34,7 +38,7 @@ from tandem.kernels.store_kv import check_cache_pair
 #: Most partitions one sequence's context is cut into (the reduce holds them all).
 MAX_SPLITS = 64
 #: Fewest tokens worth a partition of their own.
-MIN_TOKENS_PER_SPLIT = 256
+MIN_TOKENS_PER_SPLIT = 128
 #: Programs per multiprocessor the split heuristic aims for.
 PROGRAMS_PER_SM = 2
 
@@ -49,13 +53,20 @@ if checks.HAS_TRITON:
         return tl.dot(a, b)
 
     @triton.jit
+    def _split_tokens(seq_len, num_splits, min_split, BLOCK_N: tl.constexpr):
+        """Tokens per partition of one sequence: its length over the partitions, in whole
+        tiles, at least `min_split` (a multiple of BLOCK_N)."""
+        per = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+        return tl.maximum(per, min_split)
+
+    @triton.jit
     def _paged_decode_attention_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
         out_ptr, part_out_ptr, part_lse_ptr,
         qk_scale,
         stride_qb, stride_qh, stride_ob, stride_oh,
         stride_cb, stride_cs, stride_ch, stride_bt,
-        group, head_dim, tokens_per_split, num_splits,
+        group, head_dim, min_split, num_splits,
         BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr,
         UPCAST: tl.constexpr, IEEE: tl.constexpr,
@@ -64,6 +75,7 @@ if checks.HAS_TRITON:
         kvh = tl.program_id(1)
         split = tl.program_id(2)
         seq_len = tl.load(seq_lens_ptr + b)
+        tokens_per_split = _split_tokens(seq_len, num_splits, min_split, BLOCK_N)
         start = split * tokens_per_split
         if start >= seq_len:
             return
@@ -73,7 +85,9 @@ if checks.HAS_TRITON:
         d = tl.arange(0, BLOCK_D)
         heads = kvh * group + g
         qmask = (g < group)[:, None] & (d < head_dim)[None, :]
-        q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=qmask, other=0.0)
+        q = tl.load(
+            q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=qmask, other=0.0
+        )
         if UPCAST:
             q = q.to(tl.float32)
 
@@ -117,13 +131,13 @@ if checks.HAS_TRITON:
     @triton.jit
     def _paged_decode_reduce_kernel(
         part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr,
-        stride_ob, stride_oh, num_heads, head_dim, tokens_per_split, num_splits,
-        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+        stride_ob, stride_oh, num_heads, head_dim, min_split, num_splits,
+        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
         seq_len = tl.load(seq_lens_ptr + b)
-        used = tl.cdiv(seq_len, tokens_per_split)
+        used = tl.cdiv(seq_len, _split_tokens(seq_len, num_splits, min_split, BLOCK_N))
         s = tl.arange(0, BLOCK_S)
         d = tl.arange(0, BLOCK_D)
         smask = s < used
@@ -133,7 +147,11 @@ if checks.HAS_TRITON:
         pmask = smask[:, None] & (d < head_dim)[None, :]
         part = tl.load(part_out_ptr + row[:, None] * BLOCK_D + d[None, :], mask=pmask, other=0.0)
         res = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
-        tl.store(out_ptr + b * stride_ob + h * stride_oh + d, res.to(out_ptr.dtype.element_ty), mask=d < head_dim)
+        tl.store(
+            out_ptr + b * stride_ob + h * stride_oh + d,
+            res.to(out_ptr.dtype.element_ty),
+            mask=d < head_dim,
+        )
 
 
 _SM_COUNT: dict[int, int] = {}
@@ -193,6 +211,7 @@ def paged_decode_attention(
     *,
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
+    min_split: int | None = None,
     block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
@@ -219,8 +238,9 @@ def paged_decode_attention(
         num_splits = choose_splits(batch, num_kv_heads, max_context, _sm_count(q.device))
     if not 1 <= num_splits <= MAX_SPLITS:
         raise checks.KernelInputError(f"num_splits: {num_splits} not in [1, {MAX_SPLITS}]")
-    tokens_per_split = math.ceil(math.ceil(max_context / num_splits) / block_n) * block_n
-    num_splits = math.ceil(max_context / tokens_per_split)
+    # Partitions of at least min_split tokens: a longer one is cut at run time (see above).
+    min_split = math.ceil((min_split or MIN_TOKENS_PER_SPLIT) / block_n) * block_n
+    num_splits = min(num_splits, max(1, math.ceil(max_context / min_split)))
     split = num_splits > 1
     if split:
         part_out = torch.empty(
@@ -235,7 +255,7 @@ def paged_decode_attention(
         scale * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        group, head_dim, tokens_per_split, num_splits,
+        group, head_dim, min_split, num_splits,
         BLOCK_SIZE=block_size, BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_N=block_n,
         SPLIT=split, EVEN_D=block_d == head_dim,
         # The interpreter's tl.dot is wrong for bfloat16 operands (Triton 3.9): upcast there.
@@ -246,8 +266,9 @@ def paged_decode_attention(
     if split:
         _paged_decode_reduce_kernel[(batch, num_heads)](
             part_out, part_lse, seq_lens, out,
-            out.stride(0), out.stride(1), num_heads, head_dim, tokens_per_split, num_splits,
-            BLOCK_S=checks.next_power_of_two(num_splits), BLOCK_D=block_d, num_warps=4,
+            out.stride(0), out.stride(1), num_heads, head_dim, min_split, num_splits,
+            BLOCK_S=checks.next_power_of_two(num_splits), BLOCK_D=block_d, BLOCK_N=block_n,
+            num_warps=4,
         )  # fmt: skip
     return out
 
