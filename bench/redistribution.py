@@ -416,7 +416,9 @@ def plot(data: dict[str, object], path: Path) -> None:
             transform=ax1.transAxes, ha="right", va="top",
         )  # fmt: skip
     ax1.set_title(f"{data['trace']}, N={data['workers']}, {data['device']['device']}")  # type: ignore[index]
-    adaptive: dict[str, Any] = next((r for r in runs if r["policy"] == "adaptive"), {"role_counts": []})
+    adaptive: dict[str, Any] = next(
+        (r for r in runs if r["policy"] == "adaptive"), {"role_counts": []}
+    )
     t = [c["t_s"] for c in adaptive["role_counts"]]
     for role in ("prefill", "decode"):
         ax2.step(t, [c[role] for c in adaptive["role_counts"]], where="post", label=role)
