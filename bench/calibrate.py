@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tandem.sim.cost import Ceilings, CostModel, Transport
-from tandem.sim.fit import least_squares
+from tandem.sim.fit import least_squares_bounded
 
 RESULTS = Path(__file__).parent / "results"
 ROUTER_REJOIN_S = 2.0  # the router's Load poll interval (tandem/router/discovery.py): a flipped worker rejoins within it
@@ -57,27 +57,45 @@ def decode_rows(b: int, ctx: float) -> list[float]:
 
 
 def fit_terms(
-    points: dict[str, list[dict[str, float]]],
+    points: dict[str, list[dict[str, float]]], floors: dict[str, float]
 ) -> tuple[dict[str, float], dict[str, float]]:
-    pre = least_squares([prefill_rows(p["new"], p["ctx"], p.get("attn")) for p in points["prefill"]],
-                        [p["seconds"] for p in points["prefill"]])  # fmt: skip
-    dec = least_squares([decode_rows(int(p["batch"]), p["context"]) for p in points["decode"]],
-                        [p["seconds"] for p in points["decode"]])  # fmt: skip
-    terms = {
-        "prefill_base_s": pre.coefficients[0], "prefill_per_token_s": pre.coefficients[1],
-        "prefill_per_attn_s": pre.coefficients[2], "decode_base_s": dec.coefficients[0],
-        "decode_per_seq_s": dec.coefficients[1], "decode_per_ctx_token_s": dec.coefficients[2],
-    }  # fmt: skip
-    errors = {
+    """Least squares on the grid, each term held at or above its physical floor
+    (the matmul limit per token, reading the weights and each context token's KV;
+    0 for the others), with the fit's relative error per step kind."""
+    pre, pre_held = least_squares_bounded(
+        [prefill_rows(p["new"], p["ctx"], p.get("attn")) for p in points["prefill"]],
+        [p["seconds"] for p in points["prefill"]],
+        [0.0, floors["prefill_per_token_s"], floors.get("prefill_per_attn_s", 0.0)],
+    )
+    dec, dec_held = least_squares_bounded(
+        [decode_rows(int(p["batch"]), p["context"]) for p in points["decode"]],
+        [p["seconds"] for p in points["decode"]],
+        [floors["decode_base_s"], 0.0, floors["decode_per_ctx_token_s"]],
+    )
+    names = ("prefill_base_s", "prefill_per_token_s", "prefill_per_attn_s", "decode_base_s",
+             "decode_per_seq_s", "decode_per_ctx_token_s")  # fmt: skip
+    terms = dict(zip(names, pre.coefficients + dec.coefficients, strict=True))
+    errors: dict[str, float] = {
         "prefill_rel_error_mean": pre.rel_error_mean, "prefill_rel_error_max": pre.rel_error_max,
         "decode_rel_error_mean": dec.rel_error_mean, "decode_rel_error_max": dec.rel_error_max,
     }  # fmt: skip
-    # A term the noise drove negative is physically zero; say so rather than hide it.
-    for k, v in list(terms.items()):
-        if v < 0 and k != "prefill_per_token_s" and k != "decode_base_s":
-            errors[f"{k}_clamped_from"] = v
-            terms[k] = 0.0
+    for i in pre_held:
+        errors[f"{names[i]}_held_at_floor"] = 1.0
+    for i in dec_held:
+        errors[f"{names[3 + i]}_held_at_floor"] = 1.0
     return terms, errors
+
+
+def floors_of(m: dict[str, Any]) -> dict[str, float]:
+    c = m["ceilings"]
+    out = {
+        "prefill_per_token_s": m["flops_per_token"] / c["matmul_flops"],
+        "decode_base_s": m["weight_bytes"] / c["memory_bytes_per_s"],
+        "decode_per_ctx_token_s": m["kv_bytes_per_token"] / c["memory_bytes_per_s"],
+    }
+    if "attn_flops_per_pair" in m:
+        out["prefill_per_attn_s"] = m["attn_flops_per_pair"] / c["matmul_flops"]
+    return out
 
 
 # ----- measurement (torch imported only here) ---------------------------------
@@ -108,7 +126,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     max_new = max(grid["prefill_new"])
     max_len = min(cfg["max_position_embeddings"], 16384)
     budget_tokens = max(max_new, 2048)
-    ceil = engine_bench.ceilings(device) if device.type == "cuda" else cpu_ceilings(torch)
+    if device.type == "cuda":
+        c = engine_bench.ceilings(device)
+        ceil = {"matmul_flops": c["bf16_matmul_flops"], "memory_bytes_per_s": c["copy_bytes_per_s"]}
+    else:
+        ceil = cpu_ceilings(torch)
     t0 = time.perf_counter()
     eng = Engine(EngineConfig(
         str(model_dir), dtype=str(dtype).removeprefix("torch."), device=args.device, load_format=load_format,
@@ -195,7 +217,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "flops_per_token": 2.0 * counts["body"], "kv_capacity_tokens": budget // kv_per_token,
         "max_num_batched_tokens": 8192 if device.type == "cuda" else 2048,
         "max_num_seqs": 256 if device.type == "cuda" else 128,
-        "layers": cfg["num_hidden_layers"], "engine_start_s": start_s, "model_load_s": start_s + load_read_s,
+        "layers": cfg["num_hidden_layers"], "engine_start_s": start_s,
+        "attn_flops_per_pair": 4 * cfg["num_hidden_layers"] * cfg["num_attention_heads"] * cfg["head_dim"], "model_load_s": start_s + load_read_s,
         "role_flip_s": set_role_s + ROUTER_REJOIN_S,
     }  # fmt: skip
 
@@ -233,7 +256,7 @@ def transports_for(device_type: str) -> list[Transport]:
 
 
 def build(m: dict[str, Any], name: str, device_type: str, provisional: str = "") -> dict[str, Any]:
-    terms, errors = fit_terms(m["points"])
+    terms, errors = fit_terms(m["points"], floors_of(m))
     ceil = m["ceilings"]
     cost = CostModel(
         name=name, device=m["device"], **terms,
@@ -278,18 +301,12 @@ def derive_h200(h100_path: Path) -> dict[str, Any]:
         "max_num_batched_tokens": max_batched, "max_num_seqs": 256, "layers": 32,
         "model_load_s": 20.0, "role_flip_s": 0.5 + ROUTER_REJOIN_S,
     }  # fmt: skip
+    m["attn_flops_per_pair"] = 4 * 32 * 32 * 128  # q k^T and p v: 2 x 2 flops per layer, head and dim
     out = build(m, "llama3-8b-h200-provisional", "cuda",
                 provisional=f"derived from {h100_path.name} (H100 80GB); decode terms / {H200_OVER_H100_BANDWIDTH:.3f} "
                 "(HBM bandwidth ratio), prefill terms unchanged; attention per pair at least its FLOPs at the "
                 "matmul rate (the H100 figures do not vary cached context); model load 20 s and flip 0.5 s "
                 "are nominal")  # fmt: skip
-    # Attention costs at least its FLOPs (q k^T and p v: 4 x layers x heads x head_dim per pair).
-    floor = 4 * 32 * 32 * 128 / h["ceilings"]["bf16_matmul_flops"]
-    if out["cost"]["prefill_per_attn_s"] < floor:
-        out["cost"]["fit_error"]["prefill_per_attn_s_floored_from"] = out["cost"][
-            "prefill_per_attn_s"
-        ]
-        out["cost"]["prefill_per_attn_s"] = floor
     return out
 
 
@@ -308,9 +325,17 @@ def main() -> int:
         help="weight read rate for a real load (dummy weights)",
     )
     ap.add_argument("--derive-h200-from", type=Path, default=None)
+    ap.add_argument("--refit", type=Path, default=None, help="fit again from a calibration JSON's measurements")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    if args.derive_h200_from:
+    if args.refit:
+        old = json.loads(args.refit.read_text())
+        m, c = old["measurements"], old["cost"]
+        result = build(m, c["name"], "cuda" if "cuda_ipc" in {t["name"] for t in c["transports"]} else "cpu",
+                       c.get("provisional", ""))  # fmt: skip
+        result["command"] = old.get("command", "") + f" (refit: {' '.join(sys.argv)})"
+        name = args.refit.stem.removeprefix("calibration-")
+    elif args.derive_h200_from:
         result = derive_h200(args.derive_h200_from)
         name = "llama3-8b-h200-provisional"
     else:

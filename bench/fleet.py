@@ -78,7 +78,11 @@ def pool_rows(name: str, gpus: int, cost: CostModel, reqs: list[SimRequest], slo
     for policy, splits in (("colocated", [0]), ("static", candidate_splits(gpus, cost, reqs, width=1, exhaustive_below=0)),
                            ("adaptive", [max(1, gpus // 2)])):  # fmt: skip
         best: dict[str, Any] | None = None
-        for p in splits:
+        tried: list[int] = []
+        todo = list(splits)
+        while todo:
+            p = todo.pop(0)
+            tried.append(p)
             cfg = dataclasses.replace(base, policy=policy, prefill_workers=p)
             found, wall = bisect(cfg, cost, reqs, lo, hi, tol)
             r = row(found.result or {}, wall, trace=name, gpus=gpus, policy=policy, split=p,
@@ -88,8 +92,18 @@ def pool_rows(name: str, gpus: int, cost: CostModel, reqs: list[SimRequest], slo
                   f"{found.offered_rps / gpus:.3g} req/s/GPU ({wall:.0f}s)", flush=True)  # fmt: skip
             if best is None or r["max_rate_rps"] > best["max_rate_rps"]:
                 best = r
+            if not todo and policy == "static" and len(tried) < len(splits) + 3:
+                # The best split at the edge of those tried: look one step further out.
+                step = max(1, gpus // 32)
+                edge = min(tried) - step if best["split"] == min(tried) else max(tried) + step
+                if (
+                    best["split"] in (min(tried), max(tried))
+                    and 1 <= edge <= gpus - 1
+                    and edge not in tried
+                ):
+                    todo.append(edge)
         assert best is not None
-        best["tried_splits"] = splits if policy == "static" else None
+        best["tried_splits"] = tried if policy == "static" else None
         rows.append(best)
     return rows
 
@@ -112,7 +126,7 @@ def big_rows(name: str, gpus: int, cost: CostModel, reqs: list[SimRequest], slo:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cost", default="llama3-8b-h200-provisional")
+    ap.add_argument("--cost", default="llama3-8b-h200")
     ap.add_argument("--gpus", default="8,64,1000")
     ap.add_argument("--traces", default="conv,code,multiturn")
     ap.add_argument("--window", type=float, default=300.0, help="seconds of each trace")

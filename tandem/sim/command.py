@@ -15,7 +15,7 @@ from tandem.sim.config import POLICIES, SimConfig
 from tandem.sim.progress import Progress
 from tandem.sim.search import best_static, find_max_rate, fluid_bound, simulate
 
-DEFAULT_COST = "llama3-8b-h200-provisional"
+DEFAULT_COST = "llama3-8b-h200"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -62,3 +62,38 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float]:
                 for j in range(col, n + 1):
                     m[r][j] -= f * m[col][j]
     return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def least_squares_bounded(
+    rows: Sequence[Sequence[float]], y: Sequence[float], floors: Sequence[float | None]
+) -> tuple[Fit, tuple[int, ...]]:
+    """Least squares with lower bounds per term (None: unbounded): a term the free fit
+    puts below its floor (a physical limit, or 0) is held at the floor and the others
+    refitted, worst offender first. Returns the fit and the indices held at a floor."""
+    k = len(floors)
+    fixed: dict[int, float] = {}
+    while True:
+        free = [i for i in range(k) if i not in fixed]
+        rest = [t - sum(x[i] * v for i, v in fixed.items()) for x, t in zip(rows, y, strict=True)]
+        if free:
+            # Residual targets can be near zero: weight by the measured value, not the residual.
+            sub = least_squares_weighted([[x[i] for i in free] for x in rows], rest, y)
+            coef = dict(zip(free, sub, strict=True))
+        else:
+            coef = {}
+        low = [(floors[i] - v, i) for i, v in coef.items() if floors[i] is not None and v < floors[i]]  # type: ignore[operator]
+        if not low:
+            break
+        _, worst = max(low)
+        fixed[worst] = floors[worst]  # type: ignore[assignment]
+    c = [fixed.get(i, coef.get(i, 0.0)) for i in range(k)]
+    errs = [abs(sum(ci * xi for ci, xi in zip(c, x, strict=True)) - t) / t for x, t in zip(rows, y, strict=True) if t]
+    fit = Fit(tuple(c), sum(errs) / len(errs) if errs else 0.0, max(errs, default=0.0))
+    return fit, tuple(sorted(fixed))
+
+
+def least_squares_weighted(rows: Sequence[Sequence[float]], y: Sequence[float], scale_by: Sequence[float]) -> list[float]:
+    """Coefficients minimizing sum(((x_i . c - y_i) / s_i)^2)."""
+    scaled_rows = [[v / s for v in x] for x, s in zip(rows, scale_by, strict=True)]
+    scaled_y = [t / s for t, s in zip(y, scale_by, strict=True)]
+    return list(least_squares(scaled_rows, scaled_y, relative=False).coefficients)

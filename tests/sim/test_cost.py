@@ -8,7 +8,7 @@ import pytest
 
 from tandem.sim import cost as cost_model
 from tandem.sim.cost import CostError, CostModel
-from tandem.sim.fit import least_squares
+from tandem.sim.fit import least_squares, least_squares_bounded
 from tests.sim.conftest import small_cost
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +96,24 @@ def test_least_squares_recovers_exact_terms_and_reports_error() -> None:
     assert 0.05 < noisy.rel_error_mean < 0.15
     with pytest.raises(ValueError, match="does not determine term"):
         least_squares([[1.0, 0.0], [1.0, 0.0]], [1.0, 2.0])
+
+
+def test_bounded_fit_holds_a_term_at_its_floor_and_refits_the_rest() -> None:
+    rows = [[1.0, n, n * n / 2] for n in (256, 1024, 4096, 8192)]
+    y = [0.01 + 1.5e-5 * r[1] + 1e-12 * r[2] for r in rows]
+    free, held = least_squares_bounded(rows, y, [0.0, 1e-5, 0.0])
+    assert held == () and free.coefficients == pytest.approx((0.01, 1.5e-5, 1e-12), rel=1e-6)
+    fit, held = least_squares_bounded(rows, y, [0.0, 2e-5, 0.0])  # a floor above the truth
+    assert 1 in held and fit.coefficients[1] == 2e-5
+    assert all(c >= 0 for c in fit.coefficients) and fit.rel_error_mean > 0
+
+
+def test_h200_measured_calibration_is_close_to_its_grid() -> None:
+    data = json.loads((ROOT / "bench/results/calibration-llama3-8b-h200.json").read_text())
+    m = CostModel.from_dict(data["cost"])
+    assert m.device == "NVIDIA H200" and not m.provisional
+    assert (
+        m.fit_error["decode_rel_error_mean"] < 0.1 and m.fit_error["prefill_rel_error_mean"] < 0.15
+    )
+    for p in data["measurements"]["points"]["decode"]:
+        assert m.decode_s(int(p["batch"]), p["context"]) == pytest.approx(p["seconds"], rel=0.2)
