@@ -5,7 +5,9 @@ Per pool `p`: Deployments `p-router`, `p-prefill`, `p-decode`; Services `p-route
 roles with two or more pods (a budget over one pod either blocks node drains
 forever or protects nothing); the router's ServiceAccount, Role and
 RoleBinding. Each carries the pool's owner reference, so deleting the pool
-lets the garbage collector remove all of it.
+lets the garbage collector remove all of it. An autoscaled pool's workers follow
+`tandem.operator.layout` instead: fixed `p-prefill`/`p-decode` at the minimums,
+`p-flexible` for the rest, budgets counted by role label.
 """
 
 from __future__ import annotations
