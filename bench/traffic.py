@@ -2,8 +2,9 @@
 priorities on vs first-come-first-served, in one run.
 
     .venv/bin/python bench/traffic.py                      # CPU, tiny model (CI-sized)
-    python bench/traffic.py --device cuda --model DIR --load-format dummy \\
-        --requests 600 --out bench/results/traffic-llama3-8b-h100.json
+    python bench/traffic.py --device cuda --shape llama3-8b --dtype bfloat16 --max-model-len 8192 \\
+        --max-num-batched-tokens 2048 --requests 600 --capacity-sample 128 \\
+        --out bench/results/traffic-llama3-8b-h200.json   # or --model DIR for real weights
 
 The workload comes from the public traces in `--traces` (see their README):
 interactive requests are consecutive rows of `azure_conv_2023.csv`, batch
@@ -500,6 +501,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", default=None, help="model folder (default: the tiny test model)")
+    p.add_argument(
+        "--shape",
+        default=None,
+        choices=("llama3-8b",),
+        help="instead of --model: that architecture with random weights (implies --load-format dummy)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--load-format", default="safetensors", choices=("safetensors", "dummy"))
@@ -534,7 +541,13 @@ def main() -> int:
     p.add_argument("--plot", default=None, help="PNG (default: --out with .png)")
     p.add_argument("--logs", default="/tmp/tandem-bench-traffic")
     args = p.parse_args()
-    if args.model is None:
+    if args.shape is not None:
+        from engine import (
+            write_model_dir,
+        )  # bench/engine.py: the same shapes as the engine benchmark
+
+        args.model, args.load_format = str(write_model_dir(args.shape)), "dummy"
+    elif args.model is None:
         from tandem.models.tiny import ensure_tiny_model
 
         args.model = str(ensure_tiny_model())

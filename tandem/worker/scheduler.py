@@ -7,6 +7,8 @@ chunked prefill):
 
 1. Decode rows first, one token per running request that has its prompt
    computed, most urgent first.
+   When the TPOT SLO cannot hold for every row, `step_budget.split` keeps only
+   the most urgent rows that fit; the others wait a step.
 2. Prefill chunks next, within the share of the budget that `step_budget.split`
    leaves them (the TPOT SLO of the running decodes bounds it): unfinished
    prefills of running requests and waiting requests, in one order, so a
@@ -100,6 +102,11 @@ class _Step:
 Key = tuple[int, int, float, int]
 
 
+def _remaining(req: Request) -> int:
+    """Tokens to compute before the next sample: 1 for a decode row, more for a prefill."""
+    return req.num_tokens - req.num_computed_tokens
+
+
 class Scheduler:
     def __init__(
         self, config: SchedulerConfig, pool: BlockPool, clock: Callable[[], float] = time.monotonic
@@ -162,15 +169,18 @@ class Scheduler:
         now = self.clock()
         self.waiting.sort(key=lambda r: self.key(r, now))
         step = _Step(self.config.max_num_batched_tokens)
-        decodes = [r for r in self.running if r.num_tokens - r.num_computed_tokens == 1]
-        for req in sorted(decodes, key=lambda r: self.key(r, now)):
-            if step.budget <= 0:
-                break
+        decodes = sorted(
+            (r for r in self.running if _remaining(r) == 1), key=lambda r: self.key(r, now)
+        )
+        pending = sum(_remaining(r) for r in self.running if _remaining(r) > 1)
+        pending += sum(_remaining(r) for r in self.waiting)
+        share = split(self.config.step, self.cost, len(decodes), step.budget, pending)
+        for req in decodes:
+            if step.budget <= 0 or len(step.seqs) >= share.decode_rows:
+                break  # the least urgent decodes wait this step (budget, or the TPOT SLO)
             if req in self.running and self._make_room(req, 1, step, now):
                 self._take(req, 1, step)
-        rows = len(step.seqs)
-        share = split(self.config.step, self.cost, rows, rows + step.budget).prefill_tokens
-        step.budget = min(step.budget, share)
+        step.budget = min(step.budget, share.prefill_tokens)
         self._schedule_prefills(step, now)
         return ScheduleOutput(tuple(step.seqs), tuple(step.preempted))
 
@@ -180,7 +190,9 @@ class Scheduler:
         self.cost = self.cost.learn(rows, sched.num_tokens - rows, seconds)
 
     def _schedule_prefills(self, step: _Step, now: float) -> None:
-        partial = [r for r in self.running if r.request_id not in step.scheduled]
+        partial = [
+            r for r in self.running if r.request_id not in step.scheduled and _remaining(r) > 1
+        ]
         for req in sorted(partial + self.waiting, key=lambda r: self.key(r, now)):
             if step.budget <= 0:
                 return

@@ -10,12 +10,14 @@ with the three figures fitted online (`StepCost.learn`, exponentially weighted
 least squares over measured steps: nothing here is a constant of the device).
 `split` then gives prefill the largest chunk whose predicted step time stays
 within the TPOT SLO, never less than `min_prefill_tokens` (so prefill always
-makes progress) and never more than the step's token budget leaves. When the
-decodes alone already exceed the SLO there is nothing left to protect, and
-starving prefill would only grow the queue without bound: prefill then takes
-the whole remaining budget ("infeasible"). Without an SLO, without running
-decodes, or before the model has seen enough steps, prefill likewise takes all
-the budget the decodes leave (the plain unified-budget behaviour).
+makes progress) and never more than the step's token budget leaves. When every
+decode row plus that floor would already exceed the SLO, the step carries only
+the decode rows that fit (the scheduler keeps the most urgent ones; the others
+wait a step: under overload low-priority decodes absorb the delay, bounded by
+aging). When not even one row fits the SLO cannot be met at all, and nothing
+is held back ("infeasible"). Without an SLO, without running decodes, or
+before the model has seen enough steps, prefill takes all the budget the
+decodes leave (the plain unified-budget behaviour).
 """
 
 from __future__ import annotations
@@ -82,30 +84,47 @@ class StepCost:
 
 @dataclass(frozen=True)
 class Split:
-    decode_rows: int
+    decode_rows: int  # most decode rows this step may carry (the most urgent ones)
     prefill_tokens: int  # most prefill tokens this step may carry
-    limited_by: str  # "budget" | "slo" | "floor" (SLO nearly spent) | "infeasible" (decodes alone exceed it)
+    limited_by: str  # "budget" | "slo" | "rows" (least urgent decodes wait) | "infeasible"
 
 
-def split(policy: StepPolicy, cost: StepCost, decode_rows: int, token_budget: int) -> Split:
-    """Split one step's token budget between decode rows and prefill tokens."""
+def split(
+    policy: StepPolicy,
+    cost: StepCost,
+    decode_rows: int,
+    token_budget: int,
+    prefill_pending: int = 1 << 62,
+) -> Split:
+    """Split one step's token budget between decode rows and prefill tokens
+    (`prefill_pending`: prefill tokens waiting to be computed)."""
     rows = min(decode_rows, token_budget)
     room = token_budget - rows
-    if policy.tpot_slo_s is None or rows == 0 or not cost.fitted or room == 0:
+    if policy.tpot_slo_s is None or rows == 0 or not cost.fitted:
         return Split(rows, room, "budget")
-    _, _, per_token = cost.coefficients()
-    if per_token <= 0:
-        return Split(rows, room, "budget")
-    spare = policy.tpot_slo_s - cost.predict(rows, 0)
-    if spare <= 0:
-        return Split(rows, room, "infeasible")
-    allowed = math.floor(spare / per_token)
+    slo = policy.tpot_slo_s
+    base, per_row, per_token = cost.coefficients()
+    floor = min(policy.min_prefill_tokens, prefill_pending, token_budget)
+    if cost.predict(rows, min(floor, room)) > slo:
+        return _fewer_rows(slo, (base, per_row, per_token), rows, floor, token_budget)
+    allowed = math.floor((slo - cost.predict(rows, 0)) / per_token) if per_token > 0 else room
     if allowed >= room:
         return Split(rows, room, "budget")
-    floor = min(room, policy.min_prefill_tokens)
-    if allowed <= floor:
-        return Split(rows, floor, "floor")
-    return Split(rows, allowed, "slo")
+    return Split(rows, max(allowed, min(floor, room)), "slo")
+
+
+def _fewer_rows(
+    slo: float, coef: tuple[float, float, float], rows: int, floor: int, budget: int
+) -> Split:
+    """Every decode row plus the prefill floor would exceed the SLO: keep the most
+    urgent rows that fit next to the floor (the rest wait this step). When not
+    even one fits, the SLO cannot be met at all and nothing is held back."""
+    base, per_row, per_token = coef
+    fit = math.floor((slo - base - per_token * floor) / per_row) if per_row > 0 else rows
+    if fit < 1:
+        return Split(rows, budget - rows, "infeasible")
+    fit = min(fit, rows)
+    return Split(fit, min(floor, budget - fit), "rows")
 
 
 def _solve(xx: tuple[float, ...], xt: tuple[float, float, float]) -> tuple[float, float, float]:

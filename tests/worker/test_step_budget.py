@@ -57,19 +57,27 @@ COST = fitted(0.004, 0.0005, 0.00002)
         (StepPolicy(0.02), COST, 8, 2048, Split(8, 600, "slo")),
         # A looser SLO that the whole budget fits in.
         (StepPolicy(0.1), COST, 8, 2048, Split(8, 2040, "budget")),
-        # 30 rows: 4 + 15 = 19 ms, 1 ms left = 50 tokens, below the floor of 64: the floor.
-        (StepPolicy(0.02, min_prefill_tokens=64), COST, 30, 2048, Split(30, 64, "floor")),
-        # The floor never exceeds what the budget leaves: 31 rows leave 25 tokens of SLO,
-        # a budget of 61 leaves 30 tokens, the floor of 64 is cut to those 30.
-        (StepPolicy(0.02, min_prefill_tokens=64), COST, 31, 61, Split(31, 30, "floor")),
-        # Decodes alone exceed the SLO (4 + 32 ms > 20 ms): nothing to protect, no cap.
-        (StepPolicy(0.02, min_prefill_tokens=32), COST, 64, 2048, Split(64, 1984, "infeasible")),
-        # More decode rows than the budget: the budget caps the rows, nothing left.
-        (StepPolicy(0.02), COST, 3000, 2048, Split(2048, 0, "budget")),
+        # 28 rows: 4 + 14 = 18 ms, 2 ms left = 100 tokens, above the floor of 64.
+        (StepPolicy(0.02, min_prefill_tokens=64), COST, 28, 2048, Split(28, 100, "slo")),
+        # 30 rows + the floor of 64 tokens: 4 + 15 + 1.28 > 20 ms: 29 rows fit next to the floor.
+        (StepPolicy(0.02, min_prefill_tokens=64), COST, 30, 2048, Split(29, 64, "rows")),
+        # 64 rows (36 ms) are far over: (20 - 4 - 0.64) / 0.5 = 30 rows are kept.
+        (StepPolicy(0.02, min_prefill_tokens=32), COST, 64, 2048, Split(30, 32, "rows")),
+        # Not even one row meets a 4.5 ms SLO (4 + 0.5 + 0.64 ms): nothing to protect, no cap.
+        (StepPolicy(0.0045, min_prefill_tokens=32), COST, 64, 2048, Split(64, 1984, "infeasible")),
+        # More decode rows than the budget (no SLO): the budget caps the rows, nothing left.
+        (StepPolicy(None), COST, 3000, 2048, Split(2048, 0, "budget")),
     ],
 )
 def test_split(policy: StepPolicy, cost: StepCost, rows: int, budget: int, expected: Split) -> None:
     assert split(policy, cost, rows, budget) == expected
+
+
+def test_without_prefill_waiting_no_room_is_kept_for_it() -> None:
+    # 64 rows as above, but nothing to prefill: (20 - 4) / 0.5 = 32 rows fit.
+    assert split(
+        StepPolicy(0.02, min_prefill_tokens=32), COST, 64, 2048, prefill_pending=0
+    ) == Split(32, 0, "rows")
 
 
 def test_policy_rejects_bad_knobs() -> None:
@@ -91,3 +99,24 @@ def test_scheduler_caps_the_prefill_chunk_next_to_decodes_by_the_slo() -> None:
     # One decode row: 4.5 ms predicted, 15.5 ms left / 20 us = 775 prefill tokens.
     assert [(q.request_id, len(q.token_ids)) for q in out.seqs] == [("chat", 1), ("long", 775)]
     assert COST.samples >= MIN_SAMPLES
+
+
+def test_scheduler_keeps_the_most_urgent_decodes_when_the_slo_holds_only_some() -> None:
+    # 4 ms + 0.5 ms per row: a 5.2 ms SLO holds two rows; the least urgent decode waits.
+    cfg = SchedulerConfig(2048, 8, step=StepPolicy(tpot_slo_s=0.0052, min_prefill_tokens=4))
+    s = Scheduler(cfg, BlockPool(64, 16), clock=lambda: 0.0)
+    s.cost = COST
+    p = SamplingParams(max_tokens=8, temperature=0.0)
+    for rid, prio, arrival in (("low", 1, 1), ("high", 9, 2), ("mid", 5, 3)):
+        r = Request(rid, [arrival, 2, 3], p, arrival)
+        r.priority = prio
+        s.add(r)
+    # The three prompts, most urgent first (blocks 0, 1, 2).
+    s.update({q.request_id: 5 for q in s.schedule().seqs if q.sample})
+    out = s.schedule()
+    assert [(q.request_id, q.start_pos, q.block_ids) for q in out.seqs] == [
+        ("high", 3, (0,)),
+        ("mid", 3, (1,)),
+    ]
+    # low keeps its block and its place: it waits, it is not preempted.
+    assert s.requests["low"].num_preemptions == 0 and s.requests["low"].block_ids == [2]
