@@ -98,6 +98,7 @@ def worker_signal(
         kv_blocks_used=int(after.value("tandem_worker_kv_blocks_used") or 0),
         kv_blocks_total=int(after.value("tandem_worker_kv_blocks_total") or 0),
         flexible=flexible,
+        kv_blocks_reserved=int(after.value("tandem_worker_kv_blocks_reserved") or 0),
     )
 
 

@@ -27,10 +27,15 @@ class WorkerSignal:
     kv_blocks_used: int = 0
     kv_blocks_total: int = 0
     flexible: bool = True  # may change role (fixed-role minimum workers may not)
+    kv_blocks_reserved: int = 0  # of the used: held for prompts still prefilling elsewhere
 
     @property
     def kv_usage(self) -> float:
-        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+        """Blocks the worker's own streams hold. Reservations are left out: they wait on
+        the prefill side, so counting them would make a prefill backlog look like
+        decode demand and move capacity the wrong way."""
+        own = max(0, self.kv_blocks_used - self.kv_blocks_reserved)
+        return own / self.kv_blocks_total if self.kv_blocks_total else 0.0
 
 
 @dataclass(frozen=True)

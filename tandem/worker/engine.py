@@ -48,7 +48,7 @@ class Engine:
         self.config = config
         self.role: str = config.role
         self.draining = False
-        metrics.watch_state(lambda: self.role, lambda: self.draining)
+        metrics.watch_state(lambda: self.role, lambda: self.draining, self._reserved_blocks)
         self.runner = ModelRunner(
             config.model,
             dtype=config.dtype,
@@ -398,6 +398,12 @@ class Engine:
             draining=self.draining,
         )
         return info, hits
+
+    def _reserved_blocks(self) -> int:
+        # Called from the metrics thread (also while __init__ still loads the model):
+        # list() copies the values in one step.
+        held = getattr(self, "_reserved", {})
+        return sum(len(req.block_ids) for req, _ in list(held.values()))
 
     def idle(self) -> bool:
         return not self.scheduler.has_work() and not self._reserved

@@ -28,8 +28,18 @@ ROLE_SWITCHES = Counter(
 )
 
 
-def watch_state(role: Callable[[], str], draining: Callable[[], bool]) -> None:
-    """Read role and draining at scrape time, so a scaler never sees a stale value."""
+KV_BLOCKS_RESERVED = Gauge(
+    "tandem_worker_kv_blocks_reserved",
+    "KV blocks held by reservations whose KV is still being prefilled elsewhere",
+)
+
+
+def watch_state(
+    role: Callable[[], str], draining: Callable[[], bool], reserved: Callable[[], int]
+) -> None:
+    """Read role, draining and reserved blocks at scrape time, so a scaler never sees a
+    stale value."""
     for r in ("prefill", "decode", "both"):
         ROLE.labels(r).set_function(lambda r=r: 1.0 if role() == r else 0.0)  # type: ignore[misc]
     DRAINING.set_function(lambda: 1.0 if draining() else 0.0)
+    KV_BLOCKS_RESERVED.set_function(lambda: float(reserved()))

@@ -352,3 +352,17 @@ def test_flips_and_removals_share_one_shrink_step() -> None:
     assert d.action == "flip"
     assert len(d.flips) == 1 and d.remove == () and d.add_prefill == 0
     assert (d.prefill, d.decode) == (5, 3)
+
+
+def test_a_prefill_backlog_parked_on_decode_is_not_decode_demand() -> None:
+    # Prompts queued on the prefill side hold reservations on the decode workers: 90% of
+    # their blocks, but only 10% are their own streams'. Prefill must get the capacity.
+    def parked(name: str) -> WorkerSignal:
+        return WorkerSignal(name, "decode", busy=0.4, running=2, kv_blocks_used=900,
+                            kv_blocks_total=1000, kv_blocks_reserved=800)  # fmt: skip
+
+    d = run(
+        pool(prefill("p0", 1.0), prefill("p1", 1.0), parked("d0"), parked("d1"), ttft_p99_s=3.0)
+    )
+    assert d.pressure["decode"] == pytest.approx(0.1 / 0.8)
+    assert d.action == "flip" and d.flips[0].to_role == "prefill"

@@ -30,6 +30,7 @@ class FakeWorker:
         self.waiting = Gauge("tandem_worker_requests_waiting", "", ["role"], registry=r)
         self.used = Gauge("tandem_worker_kv_blocks_used", "", registry=r)
         self.total = Gauge("tandem_worker_kv_blocks_total", "", registry=r)
+        self.reserved = Gauge("tandem_worker_kv_blocks_reserved", "", registry=r)
         self.set_role(role)
 
     def set_role(self, role: str) -> None:
@@ -48,11 +49,13 @@ def test_worker_signal_from_two_scrapes() -> None:
     w.running.labels("decode").set(5)
     w.waiting.labels("decode").set(2)
     w.running.labels("prefill").set(99)  # a stale series of another role is not read
-    w.used.set(30)
+    w.used.set(42)
     w.total.set(120)
+    w.reserved.set(12)  # waiting for a prompt that another worker still prefills
     s = worker_signal("d0", before, parse(w.text()), window_s=10.0)
     assert (s.role, s.busy, s.running, s.waiting) == ("decode", 0.75, 5, 2)
-    assert (s.kv_blocks_used, s.kv_blocks_total, s.kv_usage) == (30, 120, 0.25)
+    assert (s.kv_blocks_used, s.kv_blocks_reserved, s.kv_blocks_total) == (42, 12, 120)
+    assert s.kv_usage == 0.25  # its own streams' 30 blocks
     assert not s.draining and s.flexible
 
 
