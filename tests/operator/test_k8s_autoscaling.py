@@ -461,13 +461,17 @@ def test_a_flip_survives_an_operator_kill_mid_flip(rig: Rig) -> None:
 
     wait_for(lambda: notes().get("tandem.dev/flip-to") == "prefill", WITHIN,
              f"pod {name} to be marked for a flip to prefill", rig.operator.tail)  # fmt: skip
-    # The decision is made: prompts stop here. (A prompt the router sends to a worker just
-    # as its drain begins is refused and routed again under the same request id, and the
-    # refused attempt's late Cancel can abort the retry on the prefill worker: a router
-    # race this test does not exercise.)
+    # Prompts pause while the drain begins: a prompt the router sends to a worker just as
+    # its drain begins is refused and routed again under the same request id, and the
+    # refused attempt's late Cancel can abort the retry on the prefill worker (a router
+    # race this test does not exercise). Once the router's Load polls (every 0.5 s) see
+    # the worker draining, prompts resume and keep prefill demand up through the flip.
     rig.prefill_load.stop(wait=False)
     wait_for(lambda: metric(worker, "tandem_worker_draining") == 1, WITHIN,
              f"the operator to drain {name}", rig.operator.tail)  # fmt: skip
+    time.sleep(1.5)
+    rig.prefill_load.join()
+    rig.prefill_load.start()
     assert stream.running  # the flip waits on this stream: the kill lands mid-flip
     rig.operator.kill()
     rig.operator.start()
@@ -480,7 +484,7 @@ def test_a_flip_survives_an_operator_kill_mid_flip(rig: Rig) -> None:
     assert metric(worker, 'tandem_worker_role_switches_total{to_role="prefill"}') == switches + 1
     assert (rig.last()["prefill"], rig.last()["decode"], rig.last()["action"]) == (2, 1, "flip")
     assert rig.operator_metric('tandem_operator_role_switches_total{namespace="') == 1
-    rig.prefill_load.join()
+    rig.prefill_load.stop()
     rig.decode_load.join()
     assert rig.prefill_load.failures == [] and rig.prefill_load.done > 0
     assert rig.decode_load.failures == []
