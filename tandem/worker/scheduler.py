@@ -6,7 +6,7 @@ Policy (one token budget per step, as in vLLM's unified scheduler and Sarathi's
 chunked prefill):
 
 1. Decode rows first, one token per running request that has its prompt
-   computed, most urgent first.
+   computed, most urgent first: those more urgent than every pending prefill.
    When the TPOT SLO cannot hold for every row, `step_budget.split` keeps only
    the most urgent rows that fit; the others wait a step.
 2. Prefill chunks next, within the share of the budget that `step_budget.split`
@@ -14,6 +14,9 @@ chunked prefill):
    prefills of running requests and waiting requests, in one order, so a
    running low-priority prefill yields its chunk to a more urgent arrival at
    the next step (it keeps its blocks and continues when budget is left).
+3. The less urgent decode rows last, as many as the SLO and the budget still
+   allow (`step_budget.extra_rows`): an interactive prompt is not held back
+   by a batch request's decode, and batch decodes absorb an overload.
 
 "Most urgent first" is the order (priority high first, then earliest deadline,
 then arrival). Aging bounds starvation: once a request has been in the engine
@@ -37,7 +40,7 @@ from typing import Literal
 from tandem.worker.block_pool import BlockPool
 from tandem.worker.errors import NoCapacity
 from tandem.worker.request import Request, Status
-from tandem.worker.step_budget import StepCost, StepPolicy, split
+from tandem.worker.step_budget import StepCost, StepPolicy, extra_rows, split
 
 Policy = Literal["priority", "fcfs"]
 POLICIES: tuple[Policy, ...] = ("priority", "fcfs")
@@ -172,28 +175,46 @@ class Scheduler:
         decodes = sorted(
             (r for r in self.running if _remaining(r) == 1), key=lambda r: self.key(r, now)
         )
-        pending = sum(_remaining(r) for r in self.running if _remaining(r) > 1)
-        pending += sum(_remaining(r) for r in self.waiting)
-        share = split(self.config.step, self.cost, len(decodes), step.budget, pending)
+        prefills = self._prefill_order(step, now)
+        # Decodes more urgent than every pending prefill come first; the others only
+        # after the prefills, in whatever the TPOT SLO and the budget still leave.
+        top = self.key(prefills[0], now) if prefills else None
+        urgent = [r for r in decodes if top is None or self.key(r, now) < top]
+        pending = sum(_remaining(r) for r in prefills)
+        share = split(self.config.step, self.cost, len(urgent), step.budget, pending)
+        self._decode_rows(urgent, share.decode_rows, step, now)
+        left = step.budget
+        step.budget = min(step.budget, share.prefill_tokens)
+        self._schedule_prefills(prefills, step, now)
+        step.budget = left - (min(left, share.prefill_tokens) - step.budget)
+        rows, tokens = len(step.seqs), sum(len(q.token_ids) for q in step.seqs)
+        more = extra_rows(self.config.step, self.cost, share, rows, tokens - rows, step.budget)
+        self._decode_rows(decodes[len(urgent) :], more, step, now)
+        return ScheduleOutput(tuple(step.seqs), tuple(step.preempted))
+
+    def _decode_rows(self, decodes: list[Request], limit: int, step: _Step, now: float) -> None:
+        taken = 0
         for req in decodes:
-            if step.budget <= 0 or len(step.seqs) >= share.decode_rows:
-                break  # the least urgent decodes wait this step (budget, or the TPOT SLO)
+            if step.budget <= 0 or taken >= limit:
+                return  # the least urgent decodes wait this step (budget, or the TPOT SLO)
             if req in self.running and self._make_room(req, 1, step, now):
                 self._take(req, 1, step)
-        step.budget = min(step.budget, share.prefill_tokens)
-        self._schedule_prefills(step, now)
-        return ScheduleOutput(tuple(step.seqs), tuple(step.preempted))
+                taken += 1
 
     def observe(self, sched: ScheduleOutput, seconds: float) -> None:
         """Learn the step-time model from one executed step."""
         rows = sched.num_decode_rows
         self.cost = self.cost.learn(rows, sched.num_tokens - rows, seconds)
 
-    def _schedule_prefills(self, step: _Step, now: float) -> None:
+    def _prefill_order(self, step: _Step, now: float) -> list[Request]:
+        """Unfinished prefills of running requests and waiting requests, most urgent first."""
         partial = [
             r for r in self.running if r.request_id not in step.scheduled and _remaining(r) > 1
         ]
-        for req in sorted(partial + self.waiting, key=lambda r: self.key(r, now)):
+        return sorted(partial + self.waiting, key=lambda r: self.key(r, now))
+
+    def _schedule_prefills(self, prefills: list[Request], step: _Step, now: float) -> None:
+        for req in prefills:
             if step.budget <= 0:
                 return
             if req.status is Status.RUNNING:

@@ -113,6 +113,26 @@ def split(
     return Split(rows, max(allowed, min(floor, room)), "slo")
 
 
+def extra_rows(
+    policy: StepPolicy,
+    cost: StepCost,
+    share: Split,
+    rows: int,
+    prefill_tokens: int,
+    budget_left: int,
+) -> int:
+    """Less urgent decode rows that may still join a step already holding `rows`
+    rows and `prefill_tokens` prefill tokens: what the SLO still allows (all of
+    the budget without an SLO, or when the SLO cannot be met anyway)."""
+    if policy.tpot_slo_s is None or not cost.fitted or share.limited_by == "infeasible":
+        return max(0, budget_left)
+    _, per_row, _ = cost.coefficients()
+    if per_row <= 0:
+        return max(0, budget_left)
+    spare = policy.tpot_slo_s - cost.predict(rows, prefill_tokens)
+    return max(0, min(budget_left, math.floor(spare / per_row)))
+
+
 def _fewer_rows(
     slo: float, coef: tuple[float, float, float], rows: int, floor: int, budget: int
 ) -> Split:

@@ -120,3 +120,26 @@ def test_scheduler_keeps_the_most_urgent_decodes_when_the_slo_holds_only_some() 
     ]
     # low keeps its block and its place: it waits, it is not preempted.
     assert s.requests["low"].num_preemptions == 0 and s.requests["low"].block_ids == [2]
+
+
+def test_an_urgent_prompt_goes_before_less_urgent_decodes_under_the_slo() -> None:
+    # 5.2 ms SLO: the two batch decodes fit alone (4 + 1 ms), but next to the urgent
+    # 40-token prompt (4 + 0.8 ms) not even one does: they wait this step.
+    cfg = SchedulerConfig(2048, 8, step=StepPolicy(tpot_slo_s=0.0052, min_prefill_tokens=4))
+    s = Scheduler(cfg, BlockPool(64, 16), clock=lambda: 0.0)
+    s.cost = COST
+    p = SamplingParams(max_tokens=8, temperature=0.0)
+    for rid, arrival in (("batch0", 1), ("batch1", 2)):
+        r = Request(rid, [arrival, 2, 3], p, arrival)
+        r.priority = 1
+        s.add(r)
+    s.update({q.request_id: 5 for q in s.schedule().seqs if q.sample})
+    alone = split(cfg.step, COST, 2, 2048)
+    assert (alone.decode_rows, alone.limited_by) == (2, "slo")  # alone, both rows would run
+    chat = Request("chat", list(range(100, 140)), p, 3)
+    chat.priority = 9
+    s.add(chat)
+    out = s.schedule()
+    assert [(q.request_id, len(q.token_ids), q.block_ids) for q in out.seqs] == [
+        ("chat", 40, (2, 3, 4))
+    ]
