@@ -39,6 +39,7 @@ TRACES = {
     "code": "../shared/traces/azure_code_2023.csv",
     "multiturn": "synthetic:multiturn",
 }
+WIDTH, MAX_RUNS = [1], [7]  # set from the command line
 KEEP = ("slo_attainment", "goodput_rps_per_gpu", "throughput_rps", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
         "tpot_p99_s", "utilization", "prefill_decode_imbalance", "flips", "requests", "rejected",
         "rejected_by_reason", "prefill_workers", "offered_rps")  # fmt: skip
@@ -65,7 +66,7 @@ def bisect(
 ) -> tuple[Any, float]:
     t0 = time.monotonic()
     found = find_max_rate(
-        lambda s: simulate(cfg, cost, reqs, s), lo=lo, hi=hi, rel_tol=tol, max_runs=7
+        lambda s: simulate(cfg, cost, reqs, s), lo=lo, hi=hi, rel_tol=tol, max_runs=MAX_RUNS[0]
     )
     return found, time.monotonic() - t0
 
@@ -75,7 +76,7 @@ def pool_rows(name: str, gpus: int, cost: CostModel, reqs: list[SimRequest], slo
     base = SimConfig(gpus, "colocated", 0, slo[0], slo[1])
     rows = []
     lo, hi = guess * 0.7, guess * 1.2
-    for policy, splits in (("colocated", [0]), ("static", candidate_splits(gpus, cost, reqs, width=1, exhaustive_below=0)),
+    for policy, splits in (("colocated", [0]), ("static", candidate_splits(gpus, cost, reqs, width=WIDTH[0], exhaustive_below=0)),
                            ("adaptive", [max(1, gpus // 2)])):  # fmt: skip
         best: dict[str, Any] | None = None
         tried: list[int] = []
@@ -142,9 +143,23 @@ def main() -> int:
     ap.add_argument(
         "--tol", type=float, default=0.08, help="bisection stops at hi/lo - 1 below this"
     )
+    ap.add_argument("--scale-test", type=int, default=0, metavar="REQUESTS",
+                    help="only time one adaptive run of this many requests on the largest --gpus")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--static-width",
+        type=int,
+        default=1,
+        help="static splits tried each side of the fluid optimum",
+    )
+    ap.add_argument("--max-runs", type=int, default=7, help="simulations per bisection")
     args = ap.parse_args()
+    WIDTH[0], MAX_RUNS[0] = args.static_width, args.max_runs
     cost = load_cost(args.cost)
+    if args.scale_test:
+        return scale_test(
+            cost, int(args.gpus.split(",")[-1]), args.scale_test, args.window, args.out
+        )
     root = Path(__file__).resolve().parents[1]
     out = args.out or root / "bench" / "results" / f"fleet-{cost.name}.json"
     slo = (args.ttft_slo, args.tpot_slo)
@@ -188,6 +203,30 @@ def main() -> int:
     _save(result, out)
     _plot(result, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def scale_test(cost: CostModel, gpus: int, count: int, window_s: float, out: Path | None) -> int:
+    """Wall time of one simulation of `count` requests (the conversation trace overlaid) on `gpus`."""
+    import os
+    import resource
+
+    root = Path(__file__).resolve().parents[1]
+    reqs = load("conv", window_s, root)
+    scale = count / len(reqs)
+    cfg = SimConfig(gpus, "adaptive", gpus // 2, 2.0, 0.05)
+    t0, c0 = time.monotonic(), time.process_time()
+    r = simulate(cfg, cost, reqs, scale)
+    wall, cpu = time.monotonic() - t0, time.process_time() - c0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fig = {"bench": "sim-scale", "gpus": gpus, "requests": r["requests"], "policy": "adaptive", "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+           "load_average_at_end": os.getloadavg(),
+           "requests_per_cpu_s": round(r["requests"] / cpu), "max_rss_mib": round(rss), "cpus": os.cpu_count(),
+           "simulated_s": r["simulated_s"], "slo_attainment": r["slo_attainment"], "flips": r["flips"],
+           "command": " ".join(sys.argv), "cost_model": cost.name}  # fmt: skip
+    path = out or root / "bench" / "results" / "sim-scale.json"
+    path.write_text(json.dumps(fig, indent=2) + "\n")
+    print(json.dumps(fig, indent=2))
     return 0
 
 
