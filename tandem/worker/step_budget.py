@@ -126,9 +126,9 @@ def extra_rows(
     the budget without an SLO, or when the SLO cannot be met anyway)."""
     if policy.tpot_slo_s is None or not cost.fitted or share.limited_by == "infeasible":
         return max(0, budget_left)
-    _, per_row, _ = cost.coefficients()
-    if per_row <= 0:
-        return max(0, budget_left)
+    base, per_row, _ = cost.coefficients()
+    if per_row <= 0 or base + per_row > policy.tpot_slo_s:
+        return max(0, budget_left)  # not even one row alone meets the SLO: nothing to protect
     spare = policy.tpot_slo_s - cost.predict(rows, prefill_tokens)
     return max(0, min(budget_left, math.floor(spare / per_row)))
 

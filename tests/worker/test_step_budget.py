@@ -9,7 +9,7 @@ from tandem.sampling import SamplingParams
 from tandem.worker.block_pool import BlockPool
 from tandem.worker.request import Request
 from tandem.worker.scheduler import Scheduler, SchedulerConfig
-from tandem.worker.step_budget import MIN_SAMPLES, Split, StepCost, StepPolicy, split
+from tandem.worker.step_budget import MIN_SAMPLES, Split, StepCost, StepPolicy, extra_rows, split
 
 
 def fitted(base: float, row: float, tok: float) -> StepCost:
@@ -143,3 +143,19 @@ def test_an_urgent_prompt_goes_before_less_urgent_decodes_under_the_slo() -> Non
     assert [(q.request_id, len(q.token_ids), q.block_ids) for q in out.seqs] == [
         ("chat", 40, (2, 3, 4))
     ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "rows", "tokens", "left", "expected"),
+    [
+        (StepPolicy(None), 0, 500, 100, 100),  # no SLO: what the budget leaves
+        (StepPolicy(0.02), 4, 0, 100, 28),  # 4 + 2 ms used, 14 ms left / 0.5 ms per row
+        (StepPolicy(0.02), 4, 600, 100, 4),  # 4 + 2 + 12 ms: 2 ms left, 4 rows
+        (StepPolicy(0.02), 4, 0, 10, 10),  # the budget caps them
+        (StepPolicy(0.02), 4, 800, 100, 0),  # 4 + 2 + 16 > 20 ms: none
+        (StepPolicy(0.004), 0, 10, 100, 100),  # 4.5 ms for one row alone > 4 ms: nothing to protect
+    ],
+)
+def test_extra_rows(policy: StepPolicy, rows: int, tokens: int, left: int, expected: int) -> None:
+    share = split(policy, COST, rows, 2048)
+    assert extra_rows(policy, COST, share, rows, tokens, left) == expected
