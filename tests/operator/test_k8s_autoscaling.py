@@ -7,10 +7,9 @@ documented way to reach pods whose IPs the operator cannot reach. The signals
 come from those processes' /metrics, and the operator's Drain and SetRole calls
 reach them too; load is real requests through the router.
 
-Processes: one worker per fixed pod (prefill, decode; 256 KV blocks each), two
-spares for flexible pods (4096 blocks, so one long stream on them is a small
-share of their cache; they start drained, i.e. outside the pool until the
-operator gives them a role), and a router over all four (it skips draining
+Processes: one worker per fixed pod (prefill, decode), two spares for flexible
+pods (they start drained, i.e. outside the pool until the operator gives them a
+role), all with 512 KV blocks, and a router over all four (it skips draining
 workers and learns each worker's role from its Load answers, as it does from
 EndpointSlices in a cluster).
 
@@ -46,6 +45,7 @@ from tests.router.processes import RouterProc, Worker, free_port, stopping
 pytestmark = pytest.mark.k8s
 
 POOL = "auto"
+BLOCKS = 512  # KV blocks of every worker (16 tokens each)
 WITHIN = 60.0  # seconds for any one step of the loop to show (passes run every second)
 
 
@@ -62,9 +62,11 @@ def pool_manifest() -> dict[str, Any]:
                 "enabled": True,
                 "maxGPUs": 2,
                 "roleSwitching": True,
-                # Targets the real processes' idle and loaded figures sit clearly on either
-                # side of: decode KV usage (256-block fixed worker) and prefill busy time.
-                "targetKVUsagePercent": 20,
+                # Targets the real processes' figures sit clearly on either side of. Decode:
+                # 25% of 512 blocks is 128; the decode load (16 streams out of step) holds
+                # ~200 blocks in all (one worker: asks 2; two: still 2), one 2,000-token
+                # stream at most 126 (asks 1). Prefill: any steady prompt load is >10% busy.
+                "targetKVUsagePercent": 25,
                 "targetBusyPercent": 10,
                 "scaleUpWindow": "0s",
                 "scaleDownWindow": "3s",
@@ -131,8 +133,11 @@ class Stream:
 class Load:
     """Requests in a loop through the router from a few threads; failures are kept."""
 
-    def __init__(self, url: str, prompt_len: int, max_tokens: int, threads: int) -> None:
+    def __init__(
+        self, url: str, prompt_len: int, max_tokens: int, threads: int, spread: int = 0
+    ) -> None:
         self.url, self.prompt_len, self.max_tokens, self.n = url, prompt_len, max_tokens, threads
+        self.spread = spread  # thread i asks for max_tokens + i * spread: streams out of step
         self.stop_flag = threading.Event()
         self.threads: list[threading.Thread] = []
         self.done = 0
@@ -150,8 +155,8 @@ class Load:
         k = 0
         while not self.stop_flag.is_set():
             prompt = [(i * 131 + k * 17 + j * 7) % 900 + 20 for j in range(self.prompt_len)]
-            body = {"prompt": prompt, "max_tokens": self.max_tokens, "temperature": 0,
-                    "ignore_eos": True}  # fmt: skip
+            body = {"prompt": prompt, "max_tokens": self.max_tokens + i * self.spread,
+                    "temperature": 0, "ignore_eos": True}  # fmt: skip
             try:
                 r = requests.post(f"{self.url}/v1/completions", json=body, timeout=120)
                 if r.status_code == 200:
@@ -336,8 +341,8 @@ def rig(
 ) -> Iterator[Rig]:
     model = ensure_tiny_model()
     logs = tmp_path_factory.mktemp("autoscaling")
-    prefill, decode = Worker(model, "prefill", logs, 256), Worker(model, "decode", logs, 256)
-    spares = [Worker(model, "decode", logs, 4096) for _ in range(2)]
+    prefill, decode = Worker(model, "prefill", logs, BLOCKS), Worker(model, "decode", logs, BLOCKS)
+    spares = [Worker(model, "decode", logs, BLOCKS) for _ in range(2)]
     ns = f"as-{uuid.uuid4().hex[:8]}"
     dev_cluster.kubectl("create", "namespace", ns)
     with stopping(prefill, decode, *spares):
@@ -358,7 +363,7 @@ def rig(
             )
             operator.start()
             yield Rig(dev_cluster, ns, operator, binder, prefill, decode, spares, router, port,
-                      decode_load=Load(router.url, 16, 400, 8),
+                      decode_load=Load(router.url, 16, 200, 16, spread=25),
                       prefill_load=Load(router.url, 200, 1, 3))  # fmt: skip
             operator.stop()
             binder.stop()
@@ -442,9 +447,9 @@ def test_scale_down_drains_the_flexible_worker_before_deleting_it(rig: Rig) -> N
 
 def test_a_flip_survives_an_operator_kill_mid_flip(rig: Rig) -> None:
     # A longer cooldown orders the moves: after decode grows again, nothing changes for
-    # 12s, time for decode demand to go and prefill demand to come; then the planner flips
+    # 8s, time for decode demand to go and prefill demand to come; then the planner flips
     # the idle flexible decode worker instead of removing it.
-    patch = {"spec": {"autoscaling": {"cooldown": "12s"}}}
+    patch = {"spec": {"autoscaling": {"cooldown": "8s"}}}
     rig.cluster.kubectl("patch", "inferencepool.tandem.dev", POOL, "-n", rig.namespace,
                         "--type=merge", "-p", json.dumps(patch))  # fmt: skip
     rig.decode_load.start()
@@ -469,11 +474,11 @@ def test_a_flip_survives_an_operator_kill_mid_flip(rig: Rig) -> None:
     rig.prefill_load.stop(wait=False)
     wait_for(lambda: metric(worker, "tandem_worker_draining") == 1, WITHIN,
              f"the operator to drain {name}", rig.operator.tail)  # fmt: skip
+    assert stream.running  # the flip waits on this stream: the kill lands mid-flip
+    rig.operator.kill()
     time.sleep(1.5)
     rig.prefill_load.join()
     rig.prefill_load.start()
-    assert stream.running  # the flip waits on this stream: the kill lands mid-flip
-    rig.operator.kill()
     rig.operator.start()
     wait_for(lambda: _serving_flexible(rig, "prefill"), WITHIN * 2, "the flip to finish",
              rig.operator.tail)  # fmt: skip
