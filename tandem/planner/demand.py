@@ -55,7 +55,7 @@ def _pressure(policy: Policy, s: PoolSignals, role: str, live: list[WorkerSignal
     latency_ok = s.requests >= policy.min_requests
     if role == "prefill":
         terms.append((busy / policy.target_busy, f"busy {busy:.2f}/{policy.target_busy:.2f}"))
-        loaded = busy >= policy.target_busy * (1 - policy.tolerance)
+        loaded = busy >= policy.ttft_min_busy
         if policy.ttft_slo_s and s.ttft_p99_s is not None and latency_ok and loaded:
             terms.append(
                 (

@@ -138,6 +138,8 @@ def _fit(
     need: dict[str, float],
 ) -> tuple[dict[str, int], str]:
     budget = _budget(policy, s)
+    if policy.hold_budget and policy.role_switching:
+        return _rebalance(policy, cur, need), ""
     p, d = sized["prefill"], sized["decode"]
     if budget is None or policy.gpus(p, d) <= budget:
         return dict(sized), ""
@@ -149,6 +151,21 @@ def _fit(
     if _score(best, need) <= _score(grown, need) * (1 + policy.tolerance):
         return grown, limited  # hysteresis: a flip must serve the bottleneck clearly better
     return best, limited
+
+
+def _rebalance(policy: Policy, cur: dict[str, int], need: dict[str, float]) -> dict[str, int]:
+    """A pool that keeps its workers: the split of the same workers that serves the
+    worse-served role best, once the busier role is warm; moving only when that serves
+    the bottleneck clearly better (hysteresis)."""
+    hot = max((need[r] / cur[r]) if cur[r] else 0.0 for r in ROLES)
+    if hot < policy.rebalance_above or not all(cur.values()):
+        return dict(cur)
+    total = sum(cur.values())
+    top = {r: min(total, policy.bounds(r).max_replicas or total) for r in ROLES}
+    best = _best_split(policy, policy.gpus(cur["prefill"], cur["decode"]), top, need)
+    if _score(best, need) <= _score(cur, need) * (1 + policy.tolerance):
+        return dict(cur)
+    return best
 
 
 def _score(split: dict[str, int], need: dict[str, float]) -> float:

@@ -50,9 +50,17 @@ class Policy:
     min_requests: int = 20  # fewer finished requests in a window: latency signals are noise
     scale_up_step: int = 4  # growth per decision: max(this, 100% of current) (HPA)
     scale_down_fraction: float = 0.25  # shrink or flips per decision: max(1, this x current)
+    # TTFT counts as prefill demand once prefill is this busy: bursts miss TTFT at modest
+    # average busy, while an idle pool missing it on very long prompts gains nothing.
+    ttft_min_busy: float = 0.4
+    # The pool keeps all its workers (tandem serve, a fixed fleet): nothing is added or
+    # removed, and the split follows the demand once the busier role's pressure passes
+    # `rebalance_above`.
+    hold_budget: bool = False
+    rebalance_above: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("target_busy", "target_kv_usage"):
+        for name in ("target_busy", "target_kv_usage", "ttft_min_busy", "rebalance_above"):
             v = getattr(self, name)
             if not 0 < v <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {v}")

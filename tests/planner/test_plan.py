@@ -366,3 +366,46 @@ def test_a_prefill_backlog_parked_on_decode_is_not_decode_demand() -> None:
     )
     assert d.pressure["decode"] == pytest.approx(0.1 / 0.8)
     assert d.action == "flip" and d.flips[0].to_role == "prefill"
+
+
+# ----- a pool that keeps its workers (hold_budget) ---------------------------------
+
+HOLD = dataclasses.replace(FAST, hold_budget=True, max_gpus=8)
+
+
+def test_held_pool_moves_idle_capacity_to_the_warm_role_by_flips() -> None:
+    # 4 + 4 workers, prefill warm (TTFT p99 1.3 s over a 1 s SLO at busy 0.5), decode cold:
+    # a free pool would remove decode workers; a held one flips them, one step at a time.
+    signals = pool(
+        *(prefill(f"p{i}", 0.5) for i in range(4)),
+        *(decode(f"d{i}", 0.05, running=2) for i in range(4)),
+        ttft_p99_s=1.3,
+    )
+    d = run(signals, HOLD)
+    assert d.action == "flip" and d.remove == () and d.add_prefill == d.add_decode == 0
+    assert [f.to_role for f in d.flips] == ["prefill"]
+    assert (d.prefill, d.decode) == (5, 3)
+    # The same signals in a pool free to grow: a flip and a new prefill worker (4 -> 6).
+    free = run(signals, dataclasses.replace(HOLD, hold_budget=False, max_gpus=None))
+    assert len(free.flips) == 1 and free.add_prefill == 1 and free.prefill == 6
+
+
+def test_held_pool_leaves_a_cool_pool_alone() -> None:
+    signals = pool(
+        *(prefill(f"p{i}", 0.3) for i in range(4)), *(decode(f"d{i}", 0.05) for i in range(4))
+    )
+    d = run(signals, HOLD)
+    assert d.action == "none" and not d.changes
+
+
+def test_held_pool_does_not_move_when_both_roles_are_equally_hot() -> None:
+    signals = pool(
+        *(prefill(f"p{i}", 1.0) for i in range(4)), *(decode(f"d{i}", 1.0) for i in range(4))
+    )
+    assert not run(signals, HOLD).changes
+
+
+@pytest.mark.parametrize(("busy", "counted"), [(0.35, False), (0.45, True)])
+def test_ttft_counts_from_ttft_min_busy(busy: float, counted: bool) -> None:
+    d = run(pool(prefill("p0", busy), decode("d0", 0.8), ttft_p99_s=3.0))
+    assert (d.pressure["prefill"] == pytest.approx(3.0)) is counted
