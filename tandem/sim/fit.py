@@ -81,18 +81,25 @@ def least_squares_bounded(
             coef = dict(zip(free, sub, strict=True))
         else:
             coef = {}
-        low = [(floors[i] - v, i) for i, v in coef.items() if floors[i] is not None and v < floors[i]]  # type: ignore[operator]
+        bound = {i: f for i, f in enumerate(floors) if f is not None}
+        low = [(bound[i] - v, i) for i, v in coef.items() if i in bound and v < bound[i]]
         if not low:
             break
         _, worst = max(low)
-        fixed[worst] = floors[worst]  # type: ignore[assignment]
+        fixed[worst] = bound[worst]
     c = [fixed.get(i, coef.get(i, 0.0)) for i in range(k)]
-    errs = [abs(sum(ci * xi for ci, xi in zip(c, x, strict=True)) - t) / t for x, t in zip(rows, y, strict=True) if t]
+    errs = [
+        abs(sum(ci * xi for ci, xi in zip(c, x, strict=True)) - t) / t
+        for x, t in zip(rows, y, strict=True)
+        if t
+    ]
     fit = Fit(tuple(c), sum(errs) / len(errs) if errs else 0.0, max(errs, default=0.0))
     return fit, tuple(sorted(fixed))
 
 
-def least_squares_weighted(rows: Sequence[Sequence[float]], y: Sequence[float], scale_by: Sequence[float]) -> list[float]:
+def least_squares_weighted(
+    rows: Sequence[Sequence[float]], y: Sequence[float], scale_by: Sequence[float]
+) -> list[float]:
     """Coefficients minimizing sum(((x_i . c - y_i) / s_i)^2)."""
     scaled_rows = [[v / s for v in x] for x, s in zip(rows, scale_by, strict=True)]
     scaled_y = [t / s for t, s in zip(y, scale_by, strict=True)]

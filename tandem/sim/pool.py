@@ -264,6 +264,7 @@ class Simulation:
             job.prefill_worker = d
         else:
             job.prefill_worker = p
+            d.reserved_units += len(job.d_blocks)  # held for a prompt prefilling elsewhere
         w = job.prefill_worker
         assert w is not None
         self.prefilling_tokens += job.input_tokens
@@ -350,6 +351,7 @@ class Simulation:
         p, d = job.prefill_worker, job.decode_worker
         assert p is not None and d is not None
         if p is not d:
+            d.reserved_units -= len(job.d_blocks)
             self._cache(p, job)
             p.pool.free(job.p_blocks)
             job.p_blocks = []
@@ -412,7 +414,8 @@ class Simulation:
         ws = tuple(
             WorkerSignal(w.name, w.role, ready=w.state in ("active", "draining"), draining=w.state != "active",
                          busy=busy[w.index], running=w.running, waiting=w.waiting,
-                         kv_blocks_used=w.pool.num_used, kv_blocks_total=w.pool.num_blocks)
+                         kv_blocks_used=w.pool.num_used, kv_blocks_total=w.pool.num_blocks,
+                         kv_blocks_reserved=w.reserved_units)
             for w in self.workers if w.state != "parked"
         )  # fmt: skip
         ttft = quantile(0.99, self._last_ttft, self.ttft_hist.cumulative())

@@ -82,6 +82,7 @@ class SimWorker:
         self.busy_done_s = 0.0
         self.inflight = 0  # requests the router has placed here (as decode worker)
         self.inflight_prefill_tokens = 0
+        self.reserved_units = 0  # KV units reserved here for prompts still prefilling elsewhere
 
     # ----- what the router and planner see --------------------------------
     @property
