@@ -47,6 +47,7 @@ def build_queries(namespace: str, pool: str, window_s: float) -> dict[str, str]:
         "running": by_pod("tandem_worker_requests_running"),
         "waiting": by_pod("tandem_worker_requests_waiting"),
         "kv_used": by_pod("tandem_worker_kv_blocks_used"),
+        "kv_reserved": by_pod("tandem_worker_kv_blocks_reserved"),
         "kv_total": by_pod("tandem_worker_kv_blocks_total"),
         "ttft_p99": p99("tandem_router_ttft_seconds"),
         "tpot_p99": p99("tandem_router_tpot_seconds"),
@@ -95,8 +96,8 @@ def signals_from_answers(
 ) -> PoolSignals:
     """The planner's signals from the answers to `build_queries` (one vector each)."""
     roles = _roles(answers["role"])
-    per = {k: _per_pod(answers[k]) for k in ("draining", "busy", "running", "waiting",
-                                             "kv_used", "kv_total")}  # fmt: skip
+    per = {k: _per_pod(answers.get(k, ())) for k in ("draining", "busy", "running", "waiting",
+                                                     "kv_used", "kv_reserved", "kv_total")}  # fmt: skip
     workers = tuple(
         WorkerSignal(
             name=pod,
@@ -106,6 +107,7 @@ def signals_from_answers(
             running=int(per["running"].get(pod, 0)),
             waiting=int(per["waiting"].get(pod, 0)),
             kv_blocks_used=int(per["kv_used"].get(pod, 0)),
+            kv_blocks_reserved=int(per["kv_reserved"].get(pod, 0)),
             kv_blocks_total=int(per["kv_total"].get(pod, 0)),
             flexible=pod not in fixed,
         )

@@ -31,6 +31,7 @@ def answers(**overrides: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
         running=[sample(3, pod="p-decode-c")],
         waiting=[sample(1, pod="p-decode-c")],
         kv_used=[sample(40, pod="p-decode-c")],
+        kv_reserved=[sample(10, pod="p-decode-c")],
         kv_total=[sample(100, pod="p-decode-c")],
         draining=[sample(1, pod="p-flexible-b"), sample(0, pod="p-decode-c")],
         ttft_p99=[sample(0.8)],
@@ -54,6 +55,7 @@ def test_workers() -> None:
     assert by["p-flexible-b"].draining and by["p-flexible-b"].flexible
     c = by["p-decode-c"]
     assert (c.running, c.waiting, c.kv_blocks_used, c.kv_blocks_total) == (3, 1, 40, 100)
+    assert c.kv_blocks_reserved == 10 and c.kv_usage == 0.3  # its own streams, as scrape counts
     assert c.busy is None  # no busy series yet: the planner waits instead of guessing
 
 
