@@ -66,7 +66,10 @@ def _pressure(policy: Policy, s: PoolSignals, role: str, live: list[WorkerSignal
     else:
         sized = [w for w in ready if w.kv_blocks_total]
         if sized:
-            kv = sum(w.kv_usage for w in sized) / len(sized)
+            # Pooled over the role's blocks, not a mean of fractions: a new worker with a
+            # larger cache would otherwise swing the figure and flap the role's size.
+            own = sum(w.kv_usage * w.kv_blocks_total for w in sized)
+            kv = own / sum(w.kv_blocks_total for w in sized)
             terms.append((kv / policy.target_kv_usage, f"kv {kv:.2f}/{policy.target_kv_usage:.2f}"))
         batch = sum(w.running for w in ready) / len(ready)
         if (

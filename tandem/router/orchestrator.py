@@ -90,11 +90,14 @@ class Orchestrator:
         refused: set[str] = set()
         try:
             for attempt in range(1, ROUTE_ATTEMPTS + 1):
-                decode, prefill = await self._route(job, refused)
+                # Each routing has its own id on the workers: the fire-and-forget Cancel of a
+                # refused attempt must not abort the next one on the same worker.
+                tried = job if attempt == 1 else replace(job, request_id=f"{job.request_id}-r{attempt}")
+                decode, prefill = await self._route(tried, refused)
                 stream = (
-                    self._disaggregated(job, ticket, decode, prefill)
+                    self._disaggregated(tried, ticket, decode, prefill)
                     if prefill is not None
-                    else self._colocated(job, ticket, decode)
+                    else self._colocated(tried, ticket, decode)
                 )
                 started = False
                 try:

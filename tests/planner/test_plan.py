@@ -409,3 +409,16 @@ def test_held_pool_does_not_move_when_both_roles_are_equally_hot() -> None:
 def test_ttft_counts_from_ttft_min_busy(busy: float, counted: bool) -> None:
     d = run(pool(prefill("p0", busy), decode("d0", 0.8), ttft_p99_s=3.0))
     assert (d.pressure["prefill"] == pytest.approx(3.0)) is counted
+
+
+def test_decode_kv_usage_is_pooled_over_unequal_caches() -> None:
+    # 200 of 256 blocks on an old worker, 200 of 4096 on a new one: 400 / 4352 of the
+    # role's blocks are in use, not the mean of 78% and 5%.
+    small = WorkerSignal(
+        "d0", "decode", busy=0.5, running=4, kv_blocks_used=200, kv_blocks_total=256
+    )
+    large = WorkerSignal(
+        "d1", "decode", busy=0.5, running=4, kv_blocks_used=200, kv_blocks_total=4096
+    )
+    d = run(pool(prefill("p0", 0.8), small, large))
+    assert d.pressure["decode"] == pytest.approx((400 / 4352) / 0.8, abs=1e-4)

@@ -408,6 +408,10 @@ async def test_a_request_refused_before_its_first_token_is_routed_again(
         assert [c for c, _ in refusing.calls] == [first]
         served = [c for c, _ in healthy.calls]
         assert "Generate" in served or "Decode" in served, served
+        # The next routing runs under its own id: the Cancel sent for the refused attempt
+        # cannot abort it.
+        refused_id = refusing.calls[0][1]
+        assert all(rid != refused_id for _, rid in healthy.calls + prefill.calls)
         if prompt_len > 2 and code == grpc.StatusCode.UNAVAILABLE:
             # The refusal named the decode worker: the prefill worker still does the prompt.
             assert served == ["Reserve", "Decode"] and [c for c, _ in prefill.calls] == ["Prefill"]
