@@ -77,6 +77,9 @@ class AutoscaleConfig:
             scale_down_window_s=self.scale_down_window_s,
             cooldown_s=self.cooldown_s,
             min_requests=self.min_requests,
+            # One machine's workers are all there is: nothing to start or remove, so the
+            # planner rebalances the same workers instead of asking for removals.
+            hold_budget=True,
         )
 
 
