@@ -301,7 +301,9 @@ def derive_h200(h100_path: Path) -> dict[str, Any]:
         "max_num_batched_tokens": max_batched, "max_num_seqs": 256, "layers": 32,
         "model_load_s": 20.0, "role_flip_s": 0.5 + ROUTER_REJOIN_S,
     }  # fmt: skip
-    m["attn_flops_per_pair"] = 4 * 32 * 32 * 128  # q k^T and p v: 2 x 2 flops per layer, head and dim
+    m["attn_flops_per_pair"] = (
+        4 * 32 * 32 * 128
+    )  # q k^T and p v: 2 x 2 flops per layer, head and dim
     out = build(m, "llama3-8b-h200-provisional", "cuda",
                 provisional=f"derived from {h100_path.name} (H100 80GB); decode terms / {H200_OVER_H100_BANDWIDTH:.3f} "
                 "(HBM bandwidth ratio), prefill terms unchanged; attention per pair at least its FLOPs at the "
@@ -325,7 +327,9 @@ def main() -> int:
         help="weight read rate for a real load (dummy weights)",
     )
     ap.add_argument("--derive-h200-from", type=Path, default=None)
-    ap.add_argument("--refit", type=Path, default=None, help="fit again from a calibration JSON's measurements")
+    ap.add_argument(
+        "--refit", type=Path, default=None, help="fit again from a calibration JSON's measurements"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.refit:
