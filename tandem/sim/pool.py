@@ -109,6 +109,8 @@ class Simulation:
             max_gpus=max(2, cfg.gpus),
             ttft_slo_s=cfg.ttft_slo_s,
             tpot_slo_s=cfg.tpot_slo_s,
+            # A pool that keeps its GPUs rebalances them instead of asking for removals.
+            hold_budget=cfg.keep_gpus,
         )  # fmt: skip  (used by the adaptive policy only)
         self.planner_state = PlannerState()
         self.flips = 0
