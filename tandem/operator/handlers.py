@@ -60,6 +60,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings.scanning.disabled = True
     memo.kube = Kube(await asyncio.to_thread(api_client, memo.get("kubeconfig")))
     memo.locks = defaultdict(asyncio.Lock)
+    memo.queued = set()  # pools with an owned-object converge waiting for their lock
     memo.addresses = AddressBook(memo.get("pod_addresses"))
 
 
@@ -190,13 +191,27 @@ async def owned_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if name is None or namespace is None:
         return
     kube: Kube = memo.kube
+    key = (namespace, name)
+    if key in memo.queued:
+        # A converge of this pool already waits for the lock and will read the cluster
+        # after this event: a burst of events (a pool's pods becoming ready, controllers
+        # updating status) costs one more converge, not one each.
+        return
+    memo.queued.add(key)
+    queued = True
     try:
+        async with memo.locks[key]:
+            memo.queued.discard(key)  # from here on, a new event queues another pass
+            queued = False
         pool = await asyncio.to_thread(kube.get_pool, namespace, name)
         if pool is not None and pool["metadata"].get("deletionTimestamp") is None:
             await converge(memo, pool)
     except (kopf.PermanentError, kopf.TemporaryError, KubeError) as exc:
         # Event handlers are not retried; the pool's own handlers and the resync will be.
         log.warning("pool %s/%s: %s", namespace, name, exc)
+    finally:
+        if queued:  # left before its turn (cancelled): let the next event queue a pass
+            memo.queued.discard(key)
 
 
 _GROUPS = {"/api/v1": "", "/apis/apps/v1": "apps", "/apis/policy/v1": "policy"}

@@ -111,3 +111,35 @@ def test_owner_of_an_owned_object() -> None:
     ]}}  # fmt: skip
     assert handlers._owner(owned) == "p"
     assert handlers._owner({"metadata": {}}) is None
+
+
+async def test_a_burst_of_owned_events_costs_one_more_converge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ten events for one pool while a converge holds its lock: one more pass runs after
+    it (reading the cluster then), not ten."""
+    runs: list[str] = []
+
+    class Pools(FakeKube):
+        def get_pool(self, namespace: str, name: str) -> dict[str, Any]:
+            return body(GOOD)
+
+    async def fake_converge(m: kopf.Memo, b: Any) -> None:
+        async with m.locks[("ns", "p")]:
+            runs.append(b["metadata"]["name"])
+
+    monkeypatch.setattr(handlers, "converge", fake_converge)
+    m = memo(Pools())
+    m.queued = set()
+    owned = {"metadata": {"namespace": "ns", "ownerReferences": [
+        {"kind": "InferencePool", "apiVersion": "tandem.dev/v1alpha1", "name": "p"}]}}  # fmt: skip
+    lock = m.locks[("ns", "p")]
+    await lock.acquire()  # a converge in progress
+    burst = [asyncio.create_task(handlers.owned_changed(owned, m)) for _ in range(10)]  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    lock.release()
+    await asyncio.gather(*burst)
+    assert runs == ["p"]
+    assert m.queued == set()
+    await handlers.owned_changed(owned, m)  # type: ignore[arg-type]
+    assert runs == ["p", "p"]  # a later event converges again
