@@ -188,9 +188,14 @@ def reconcile_quantiles(url: str) -> dict[str, float | None]:
     snap = parse(text)
     after = snap.buckets("tandem_operator_reconcile_seconds")
     count = snap.total("tandem_operator_reconcile_seconds_count")
+    top = max((b for b in after if b != float("inf")), default=0.0)
+    total = after.get(float("inf"), 0.0)
     return {
         "p50_s": quantile(0.5, {}, after),
         "p99_s": quantile(0.99, {}, after),
+        # A quantile equal to the top finite bucket only says "at least that long".
+        "top_bucket_s": top,
+        "share_above_top_bucket": (total - after.get(top, 0.0)) / total if total else 0.0,
         "reconciles": count,
     }
 
