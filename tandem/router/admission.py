@@ -51,12 +51,17 @@ def estimate_ttft(rate: PrefillRate, backlog: Backlog, prompt_tokens: int) -> fl
 def decide(rate: PrefillRate, backlog: Backlog, prompt_tokens: int, time_left_s: float | None) -> Decision:
     """Admit unless the estimated TTFT exceeds the time left before the deadline."""
     estimate = estimate_ttft(rate, backlog, prompt_tokens)
+    ahead = f"{backlog.tokens_ahead} prompt tokens ahead over {max(1, backlog.prefill_workers)} worker(s)"
+    return _verdict(estimate, time_left_s, f"{ahead}, {prompt_tokens} in this prompt")
+
+
+def _verdict(estimate: float, time_left_s: float | None, detail: str) -> Decision:
+    """Admit unless the estimate exceeds the time left; the refusal says why."""
     if time_left_s is None or estimate <= time_left_s:
         return Decision(True, estimate)
     reason = (
         f"deadline cannot be met: estimated time to first token {estimate * 1000:.0f} ms "
-        f"({backlog.tokens_ahead} prompt tokens ahead over {max(1, backlog.prefill_workers)} "
-        f"worker(s), {prompt_tokens} in this prompt) exceeds the {max(time_left_s, 0) * 1000:.0f} ms left"
+        f"({detail}) exceeds the {max(time_left_s, 0) * 1000:.0f} ms left"
     )
     return Decision(False, estimate, reason)
 
@@ -97,14 +102,8 @@ def decide_measured(
 ) -> Decision:
     """`decide` with each worker's own measured rate instead of one shared rate."""
     estimate = estimate_ttft_measured(rates, workers, prior, tokens_ahead, prompt_tokens)
-    if time_left_s is None or estimate <= time_left_s:
-        return Decision(True, estimate)
-    reason = (
-        f"deadline cannot be met: estimated time to first token {estimate * 1000:.0f} ms "
-        f"({tokens_ahead} prompt tokens ahead over {max(1, workers)} worker(s) at their measured "
-        f"rates, {prompt_tokens} in this prompt) exceeds the {max(time_left_s, 0) * 1000:.0f} ms left"
-    )
-    return Decision(False, estimate, reason)
+    ahead = f"{tokens_ahead} prompt tokens ahead over {max(1, workers)} worker(s) at their measured rates"
+    return _verdict(estimate, time_left_s, f"{ahead}, {prompt_tokens} in this prompt")
 
 
 def drain_seconds(rates: Sequence[PrefillRate], workers: int, prior: PrefillRate, tokens_ahead: int) -> float:
